@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny random Qwen-VL models built from configs (no hub), calibration from the
+project's synthetic world, and a cached quantize-and-save helper."""
+import os
+
+# TorchLinear compiles its dequantizer with inductor on first use (tens of seconds per shape on
+# 2 cores); the tests check numerics, not speed, so run it eagerly.
+os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vlmq_gptqmodel  # noqa: E402,F401  (registers method="vlmq")
+from vlmq_gptqmodel.tiny_vlm import save_tiny_vlm  # noqa: E402
+from vlmq_gptqmodel.world import calibration_conversations  # noqa: E402
+
+TEST_IMAGE_SIZE = 112  # 16 image tokens (qwen2/2.5-VL), a clear share of each ~40-token sample
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tmp_path_factory):
+    """tiny_vlm(arch) -> directory of a saved random model with tokenizer and processor."""
+    made = {}
+
+    def get(arch: str = "qwen2_vl"):
+        if arch not in made:
+            size = 128 if arch == "qwen3_vl" else TEST_IMAGE_SIZE  # qwen3-VL merges 32 px patches
+            made[arch] = save_tiny_vlm(tmp_path_factory.mktemp(arch), arch, image_size=size, seed=0)
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def calib():
+    return calibration_conversations(6, seed=0)
+
+
+def quantize_tiny(src, calib, *, bits=4, group_size=32, desc_act=True, gptaq=False, method=None, vlmq=None):
+    """Load `src` with GPTQModel and quantize it on CPU; returns the quantized BaseQModel."""
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from gptqmodel.quantization.config import GPTAQConfig
+
+    qcfg = QuantizeConfig(bits=bits, group_size=group_size, desc_act=desc_act, device="cpu",
+                          offload_to_disk=False, gptaq=GPTAQConfig() if gptaq else None)
+    model = GPTQModel.load(str(src), qcfg)
+    kwargs = {} if method is None else {"method": method, "vlmq": vlmq}
+    model.quantize(calib, batch_size=1, **kwargs)
+    return model
+
+
+def quantized_tensors(model, out_dir):
+    """Save `model` and return its packed language-model tensors."""
+    from safetensors.torch import load_file
+
+    model.save(str(out_dir))
+    return {k: v for k, v in load_file(str(out_dir / "model.safetensors")).items() if ".layers." in k}
+
+
+@pytest.fixture(scope="session")
+def quantize():
+    return quantize_tiny
+
+
+@pytest.fixture(scope="session")
+def packed():
+    return quantized_tensors
+
+
+@pytest.fixture(scope="session")
+def gptq_checkpoint(tiny_vlm, calib, tmp_path_factory):
+    """gptq_checkpoint(bits, group_size, desc_act, arch) -> a saved plain-GPTQ checkpoint directory."""
+    made = {}
+
+    def get(bits=3, group_size=32, desc_act=True, arch="qwen2_vl"):
+        key = (bits, group_size, desc_act, arch)
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"gptq_{arch}_w{bits}g{group_size}")
+            quantize_tiny(tiny_vlm(arch), calib, bits=bits, group_size=group_size, desc_act=desc_act).save(str(out))
+            made[key] = out
+        return made[key]
+
+    return get
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)

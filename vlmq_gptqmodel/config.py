@@ -1,0 +1,89 @@
+"""User-facing VLMQ settings: `model.quantize(calib, method="vlmq", vlmq=VLMQConfig(...))`."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Tuple
+
+ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+
+# importance sources: the paper's method and the baselines of its ablations (Tables 5, 6)
+IMPORTANCE_SOURCES = (
+    "gradient",   # VLMQ: g_n = mean_c |dL/dz_{n,c}| per projection (Eq. 4)
+    "constant",   # G = I: reproduces the precursor (GPTQ / GPTAQ) exactly
+    "attention",  # FastV-style: attention each token receives, averaged over heads and queries
+    "random",     # VLMQ_naive: a random `random_ratio` of vision tokens down-weighted by `random_factor`
+    "modality",   # MBQ-style: one weight for all vision tokens, one for all text tokens, from the gradients
+)
+GRANULARITIES = ("block", "layer")  # block: L = |Attn(X) - Attn(X_hat)|^2 (VLMQ); layer: per-projection MSE
+NORMS = ("l1", "l2")
+PRECURSORS = ("gptaq", "gptq")
+LAYER0_POLICIES = ("uniform", "rtn_probe")
+
+
+@dataclass
+class VLMQConfig:
+    """How VLMQ weights calibration tokens in the q/k/v/o Hessians.
+
+    importance:  where g_n comes from (see IMPORTANCE_SOURCES).
+    granularity: loss whose gradient gives g: "block" (paper) or "layer" (ablation, Table 7).
+    norm:        reduction of the gradient over output channels: "l1" (mean |.|, paper default)
+                 or "l2" (root mean square; the paper's LLaVA-OneVision variant).
+    targets:     which attention projections get a token-weighted Hessian; the others, and the MLP,
+                 keep the precursor's plain Hessian.
+    precursor:   "gptaq" (asymmetric term weighted too: dXXT = (X_fp - X) G^2 X^T) or "gptq"
+                 (the paper's choice at INT2).
+    layer0:      layer 0 sees X_hat == X so dL/dz == 0. "uniform": quantize it with G = I;
+                 "rtn_probe": take the gradient of |Attn(X) - Attn_rtn(X)|^2 where Attn_rtn has its
+                 projections round-to-nearest quantized at the target bits.
+    min_weight:  floor on g after it is normalized to mean 1 over the calibration tokens of a
+                 projection, so that a feature column can never vanish from H only because of G
+                 (GPTQModel zeroes weight columns whose Hessian diagonal is 0).
+    random_ratio, random_factor, seed: the VLMQ_naive ablation (paper Table 5: LI ratio, DW factor).
+    """
+
+    importance: str = "gradient"
+    granularity: str = "block"
+    norm: str = "l1"
+    targets: Tuple[str, ...] = ATTENTION_PROJECTIONS
+    precursor: str = "gptaq"
+    layer0: str = "uniform"
+    min_weight: float = 1e-3
+    random_ratio: float = 0.5
+    random_factor: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self):
+        _one_of("importance", self.importance, IMPORTANCE_SOURCES)
+        _one_of("granularity", self.granularity, GRANULARITIES)
+        _one_of("norm", self.norm, NORMS)
+        _one_of("precursor", self.precursor, PRECURSORS)
+        _one_of("layer0", self.layer0, LAYER0_POLICIES)
+        if isinstance(self.targets, str):
+            self.targets = (self.targets,)
+        self.targets = tuple(self.targets)
+        unknown = [t for t in self.targets if t not in ATTENTION_PROJECTIONS]
+        if unknown or not self.targets:
+            raise ValueError(
+                f"VLMQConfig.targets={self.targets!r}: each target must be one of {ATTENTION_PROJECTIONS} "
+                f"and at least one is needed (to quantize without token weighting use method='gptq')."
+            )
+        if not 0.0 <= self.min_weight < 1.0:
+            raise ValueError(f"VLMQConfig.min_weight={self.min_weight}: must be in [0, 1) (relative to mean 1).")
+        if not 0.0 <= self.random_ratio <= 1.0:
+            raise ValueError(f"VLMQConfig.random_ratio={self.random_ratio}: must be in [0, 1].")
+        if not self.random_factor > 0.0:
+            raise ValueError(f"VLMQConfig.random_factor={self.random_factor}: must be > 0.")
+
+    @property
+    def uses_gradients(self) -> bool:
+        return self.importance in ("gradient", "modality")
+
+    def to_meta(self) -> dict:
+        meta = asdict(self)
+        meta["targets"] = list(self.targets)
+        return meta
+
+
+def _one_of(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"VLMQConfig.{name}={value!r}: must be one of {allowed}.")

@@ -1,0 +1,144 @@
+"""The two GPTQModel loop processors of a VLMQ run.
+
+GPTQModel's GPTAQ pipeline already runs two streams per decoder layer: a NativeProcessor that
+forwards the full-precision trajectory X and a GPTQProcessor that forwards the quantized-path X_hat
+and quantizes. VLMQ subclasses both:
+- VLMQCaptureProcessor hands each layer's FP input X to the shared `VLMQRun` (and, for
+  precursor="gptq", stops keeping the per-module native inputs only GPTAQ needs);
+- VLMQGPTQProcessor computes G once per layer, before the layer's first attention subset is
+  quantized, and turns the tasks of the target projections into token-weighted ones.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+from typing import Callable, Dict, List, Optional
+
+import torch
+from gptqmodel.looper.gptq_processor import GPTQProcessor
+from gptqmodel.looper.native_processor import NativeProcessor
+
+from ..config import ATTENTION_PROJECTIONS, VLMQConfig
+from ..layer_importance import LayerStreams, layer_importance
+from .tasks import make_token_weighted
+
+ATTN_PREFIX = "self_attn."
+
+
+def attention_projection(module_name: str) -> Optional[str]:
+    """'self_attn.q_proj' -> 'q_proj'; None for every other module."""
+    if module_name.startswith(ATTN_PREFIX) and module_name[len(ATTN_PREFIX):] in ATTENTION_PROJECTIONS:
+        return module_name[len(ATTN_PREFIX):]
+    return None
+
+
+class VLMQRun:
+    """State shared by the processors of one `quantize(method="vlmq")` call."""
+
+    def __init__(self, cfg: VLMQConfig, vision_token_ids: List[int],
+                 rtn_weight_transform: Callable[[str, torch.Tensor], torch.Tensor]):
+        self.cfg = cfg
+        self.vision_token_ids = vision_token_ids
+        self.rtn_weight_transform = rtn_weight_transform
+        self.fp_inputs: Dict[int, List[torch.Tensor]] = {}
+        self.vision: List[torch.Tensor] = []
+        self.weights: Dict[int, Dict[str, List[torch.Tensor]]] = {}
+        self.reports: List[dict] = []
+
+    def record_tokens(self, prepared_batches) -> None:
+        """Remember which calibration tokens are vision tokens (GPTQModel's cache drops input_ids)."""
+        ids = torch.tensor(self.vision_token_ids)
+        self.vision = [torch.isin(batch["input_ids"].cpu(), ids) for batch in prepared_batches]
+
+    def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
+        return self.weights[layer_index][projection][batch_index]
+
+    def compute_layer(self, layer_index: int, layer: torch.nn.Module, device: torch.device,
+                      quant_inputs, layer_input_kwargs, attention_masks) -> None:
+        fp = self.fp_inputs.pop(layer_index, None)
+        if fp is None:
+            raise RuntimeError(f"VLMQ: no full-precision input was captured for layer {layer_index}")
+        quant = [x[0] for x in quant_inputs]
+        if len(fp) != len(quant) or len(quant) != len(self.vision):
+            raise RuntimeError(
+                f"VLMQ: layer {layer_index} has {len(fp)} FP batches, {len(quant)} quantized-path batches "
+                f"and {len(self.vision)} calibration batches; they must match one to one."
+            )
+        keep = [None if m is None else m.to(torch.bool) for m in attention_masks] if attention_masks else [None] * len(quant)
+        for b, (x, v) in enumerate(zip(quant, self.vision)):
+            if tuple(x.shape[:2]) != tuple(v.shape):
+                raise RuntimeError(f"VLMQ: batch {b} has {tuple(x.shape[:2])} hidden rows but {tuple(v.shape)} tokens")
+        streams = LayerStreams(
+            fp=fp, quant=quant,
+            position_embeddings=[kw["position_embeddings"] for kw in layer_input_kwargs],
+            keep=keep, vision=self.vision,
+        )
+        self.weights = {}  # only the current layer's G is kept
+        self.weights[layer_index], report = layer_importance(
+            self.cfg, layer, layer_index, streams, device, self.rtn_weight_transform
+        )
+        self.reports.append(report)
+
+
+class VLMQCaptureProcessor(NativeProcessor):
+    run: VLMQRun  # bound per run by `bind_processors`
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.execution_config.capture_layer_forward_context = True
+
+    def pre_process_fwd_hook(self, name: str):
+        if self.run.cfg.precursor == "gptaq":
+            return super().pre_process_fwd_hook(name)
+
+        def fp_stream_only(module, inp, out):
+            """GPTQ precursor: the FP forward still runs (it carries X to the next layer), but the
+            per-module native inputs, which only GPTAQ consumes, are not kept."""
+        return fp_stream_only
+
+    def receive_layer_forward_context(self, *, layer_index, layer_inputs, **kwargs):
+        self.run.fp_inputs[layer_index] = [x[0] for x in layer_inputs]
+
+
+class VLMQGPTQProcessor(GPTQProcessor):
+    run: VLMQRun  # bound per run by `bind_processors`
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.run.cfg.precursor == "gptq":
+            # The FP stream was switched on through qcfg.gptaq; the quantizer itself stays GPTQ.
+            self.qcfg = copy.copy(self.qcfg)
+            self.qcfg.gptaq = None
+        self.run.record_tokens(self.calibration_dataset)
+
+    def preprocess(self, module, fallback=None, **kwargs):
+        super().preprocess(module, fallback=fallback, **kwargs)
+        projection = attention_projection(module.name)
+        task = self.tasks.get(module.name)
+        if task is not None and projection in self.run.cfg.targets:
+            make_token_weighted(task, functools.partial(self.run.token_weights, module.layer_index, projection))
+
+    def begin_shared_input_capture(self, model, subset_names, is_lm_head_module=False):
+        leaders = super().begin_shared_input_capture(model, subset_names, is_lm_head_module)
+        attn = [n for n in subset_names if attention_projection(n) and n in self.tasks]
+        if attn and not is_lm_head_module:
+            named = self.tasks[attn[0]]._named_module
+            if named.layer_index not in self.run.weights:
+                # first attention subset of this layer: its weights are all still full precision
+                cache = self.inputs_cache
+                self.run.compute_layer(
+                    named.layer_index, named.state["layer_module"], named.module.weight.device,
+                    cache.layer_inputs, cache.layer_input_kwargs, cache.attention_masks,
+                )
+        return leaders
+
+    def name(self) -> str:
+        # GPTQModel saves quant_log.csv only for a processor named "gptq"
+        return "gptq"
+
+
+def bind_processors(run: VLMQRun):
+    """Per-run subclasses carrying `run`, to stand in for GPTQModel's processor classes."""
+    capture = type("VLMQCaptureProcessorBound", (VLMQCaptureProcessor,), {"run": run})
+    quantize = type("VLMQGPTQProcessorBound", (VLMQGPTQProcessor,), {"run": run})
+    return capture, quantize

@@ -35,17 +35,11 @@ def calib():
     return calibration_conversations(6, seed=0)
 
 
-def quantize_tiny(src, calib, *, bits=4, group_size=32, desc_act=True, gptaq=False, method=None, vlmq=None):
-    """Load `src` with GPTQModel and quantize it on CPU; returns the quantized BaseQModel."""
-    from gptqmodel import GPTQModel, QuantizeConfig
-    from gptqmodel.quantization.config import GPTAQConfig
+def quantize_tiny(src, calib, *, method="gptq", vlmq=None, bits=4, group_size=32, desc_act=True):
+    """Load `src` with GPTQModel and quantize it on CPU with "gptq", "gptaq" or "vlmq"."""
+    from vlmq_gptqmodel.runner import QuantSpec, quantize_model
 
-    qcfg = QuantizeConfig(bits=bits, group_size=group_size, desc_act=desc_act, device="cpu",
-                          offload_to_disk=False, gptaq=GPTAQConfig() if gptaq else None)
-    model = GPTQModel.load(str(src), qcfg)
-    kwargs = {} if method is None else {"method": method, "vlmq": vlmq}
-    model.quantize(calib, batch_size=1, **kwargs)
-    return model
+    return quantize_model(src, calib, QuantSpec(bits=bits, group_size=group_size, desc_act=desc_act), method, vlmq)
 
 
 def quantized_tensors(model, out_dir):

@@ -18,7 +18,7 @@ def _assert_same_tensors(a, b):
 @pytest.mark.parametrize("arch,precursor", [("qwen2_vl", "gptq"), ("qwen2_vl", "gptaq"), ("qwen2_5_vl", "gptaq")])
 def test_constant_importance_reproduces_the_precursor_bit_for_bit(tiny_vlm, calib, quantize, packed, tmp_path, arch, precursor):
     src = tiny_vlm(arch)
-    ref = quantize(src, calib, bits=3, gptaq=precursor == "gptaq")
+    ref = quantize(src, calib, bits=3, method=precursor)
     vlmq = quantize(src, calib, bits=3, method="vlmq", vlmq=VLMQConfig(importance="constant", precursor=precursor))
     _assert_same_tensors(packed(ref, tmp_path / "ref"), packed(vlmq, tmp_path / "vlmq"))
 
@@ -28,7 +28,7 @@ def gradient_run(tiny_vlm, calib, quantize, packed, tmp_path_factory):
     """VLMQ (gradient, GPTAQ precursor) and plain GPTAQ on the same model and calibration, saved."""
     src = tiny_vlm("qwen2_vl")
     out = tmp_path_factory.mktemp("gradient_run")
-    ref = quantize(src, calib, bits=3, gptaq=True)
+    ref = quantize(src, calib, bits=3, method="gptaq")
     vlmq = quantize(src, calib, bits=3, method="vlmq", vlmq=VLMQConfig())
     report = vlmq.vlmq_report
     return {
@@ -145,3 +145,27 @@ def test_unsupported_architecture_is_named(tmp_path, calib):
     model = GPTQModel.load(str(tmp_path), QuantizeConfig(bits=4, group_size=32, device="cpu"))
     with pytest.raises(ValueError, match="qwen2_vl.*'qwen2'"):
         model.quantize(["hello world"] * 2, method="vlmq")
+
+
+def test_rtn_probe_weights_layer_0_through_the_whole_pipeline(tiny_vlm, calib, quantize, packed, tmp_path):
+    src = tiny_vlm("qwen2_vl")
+    probe = quantize(src, calib, bits=3, method="vlmq", vlmq=VLMQConfig(layer0="rtn_probe", precursor="gptq"))
+    assert probe.vlmq_report[0]["policy"].startswith("rtn_probe")
+    assert probe.vlmq_report[0]["projections"]["v_proj"]["cv"] > 0.05
+    ref = packed(quantize(src, calib, bits=3), tmp_path / "gptq")
+    mine = packed(probe, tmp_path / "probe")
+    key = "model.language_model.layers.0.self_attn.v_proj.qweight"
+    assert not torch.equal(ref[key], mine[key])
+
+
+@pytest.mark.parametrize("cfg", [
+    VLMQConfig(importance="attention"),
+    VLMQConfig(importance="random", random_ratio=0.5, random_factor=0.05),
+    VLMQConfig(importance="modality"),
+    VLMQConfig(granularity="layer", norm="l2", targets=("q_proj", "k_proj", "v_proj")),
+], ids=["attention", "random", "modality", "layerwise-l2-qkv"])
+def test_ablation_settings_run_end_to_end(tiny_vlm, calib, quantize, cfg):
+    model = quantize(tiny_vlm("qwen2_vl"), calib, bits=3, method="vlmq", vlmq=cfg)
+    report = model.vlmq_report[1]
+    assert set(report["projections"]) == set(cfg.targets)
+    assert all(s["min"] > 0 and s["cv"] > 0 for s in report["projections"].values())

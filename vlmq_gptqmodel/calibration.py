@@ -115,15 +115,20 @@ class FitReport:
     kept: int = 0
     truncated: List[int] = field(default_factory=list)      # text tail cut, vision segment intact
     dropped: List[int] = field(default_factory=list)        # vision segment would be cut: removed
+    unfittable: List[int] = field(default_factory=list)     # chat-template tokens alone exceed the limit
 
     def __str__(self) -> str:
-        return (f"calibration: kept {self.kept} samples ({len(self.truncated)} with their text shortened), "
+        text = (f"calibration: kept {self.kept} samples ({len(self.truncated)} with their text shortened), "
                 f"dropped {len(self.dropped)} whose vision tokens would be cut by the length limit")
+        if self.unfittable:
+            text += f" and {len(self.unfittable)} that do not fit even without their text"
+        return text
 
 
 def fit_to_length(conversations: Iterable[list], processor, max_length: int):
     """The paper's rule (Appendix E.1): at a maximum sequence length, drop every sample whose
-    vision-token segment would be cut; shorten the final text of the others until they fit.
+    vision-token segment would be cut; shorten the text at the end of the others until they fit
+    (GPTQModel re-tokenizes conversations, so the cut is made in words, not tokens).
     Returns (kept conversations, FitReport)."""
     if max_length <= 0:
         raise ValueError(f"max_length={max_length} must be positive.")
@@ -137,9 +142,9 @@ def fit_to_length(conversations: Iterable[list], processor, max_length: int):
             report.dropped.append(i)
             continue
         if len(ids) > max_length:
-            conv = _shorten_last_text(processor, conv, max_length)
+            conv = _shorten_text(processor, conv, max_length)
             if conv is None:
-                report.dropped.append(i)
+                report.unfittable.append(i)
                 continue
             report.truncated.append(i)
         kept.append(conv)
@@ -158,24 +163,29 @@ def _open(image):
     return image if isinstance(image, Image.Image) else Image.open(image).convert("RGB")
 
 
-def _shorten_last_text(processor, conv, max_length: int):
-    """Largest word prefix of the last text item that fits (binary search); None if even empty
-    text does not fit."""
-    turn, item = len(conv) - 1, len(conv[-1]["content"]) - 1
-    words = conv[turn]["content"][item]["text"].split()
+def _shorten_text(processor, conv, max_length: int):
+    """Cut words from the end of the conversation's text (last text item first) until it fits,
+    keeping the longest prefix that does (binary search); None if no text can be cut far enough."""
+    slots = [(t, i) for t, turn in enumerate(conv) for i, item in enumerate(turn["content"]) if item.get("type") == "text"]
+    words = {slot: conv[slot[0]]["content"][slot[1]]["text"].split() for slot in slots}
+    keep = {slot: len(w) for slot, w in words.items()}
 
-    def with_words(n):
-        new = [dict(t, content=list(t["content"])) for t in conv]
-        new[turn]["content"][item] = dict(new[turn]["content"][item], text=" ".join(words[:n]))
+    def build():
+        new = [dict(turn, content=list(turn["content"])) for turn in conv]
+        for (t, i), n in keep.items():
+            new[t]["content"][i] = dict(new[t]["content"][i], text=" ".join(words[(t, i)][:n]))
         return new
 
-    lo, hi = 0, len(words)  # invariant: with_words(lo) fits unless lo == 0 and nothing fits
-    if len(_token_ids(processor, with_words(0))) > max_length:
-        return None
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        if len(_token_ids(processor, with_words(mid))) <= max_length:
-            lo = mid
-        else:
-            hi = mid - 1
-    return with_words(lo)
+    def fits() -> bool:
+        return len(_token_ids(processor, build())) <= max_length
+
+    for slot in reversed(slots):
+        full, keep[slot] = keep[slot], 0
+        if fits():
+            lo, hi = 0, full
+            while lo < hi:
+                keep[slot] = (lo + hi + 1) // 2
+                lo, hi = (keep[slot], hi) if fits() else (lo, keep[slot] - 1)
+            keep[slot] = lo
+            return build()
+    return None

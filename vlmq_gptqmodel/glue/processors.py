@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import logging
+import time
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -23,6 +25,7 @@ from ..layer_importance import LayerStreams, layer_importance
 from .tasks import make_token_weighted
 
 ATTN_PREFIX = "self_attn."
+log = logging.getLogger("vlmq_gptqmodel")
 
 
 def attention_projection(module_name: str) -> Optional[str]:
@@ -74,10 +77,23 @@ class VLMQRun:
             keep=keep, vision=self.vision,
         )
         self.weights = {}  # only the current layer's G is kept
+        start = time.perf_counter()
         self.weights[layer_index], report = layer_importance(
             self.cfg, layer, layer_index, streams, device, self.rtn_weight_transform
         )
+        report["seconds"] = time.perf_counter() - start
         self.reports.append(report)
+        log.info(format_report(report))
+
+
+def format_report(report: dict) -> str:
+    """One progress line per layer: which policy ran and how G splits between modalities."""
+    parts = []
+    for name, s in report["projections"].items():
+        ratio = (s["vision_mean"] / s["text_mean"]) if s["vision_mean"] is not None and s["text_mean"] else None
+        parts.append(f"{name[0]}: cv {s['cv']:.2f}" + (f" vis/txt {ratio:.2f}" if ratio is not None else ""))
+    policy = report["policy"] or report["source"]
+    return f"VLMQ layer {report['layer']:>3} [{policy}] {report['seconds']:.2f}s  " + "  ".join(parts)
 
 
 class VLMQCaptureProcessor(NativeProcessor):

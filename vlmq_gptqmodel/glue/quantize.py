@@ -19,6 +19,7 @@ from gptqmodel.models.base import BaseQModel
 from gptqmodel.quantization.config import GPTAQConfig
 
 from ..config import VLMQConfig
+from ..rtn import rtn_quantize_weight
 from .processors import VLMQRun, bind_processors
 
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
@@ -81,9 +82,7 @@ def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg) -
     config = model.model.config
     vision_ids = [i for i in (config.image_token_id, config.video_token_id) if i is not None]
     def rtn(_projection, weight):  # layer0="rtn_probe": the target format, rounded to nearest
-        from ..rtn import fake_quantize_weight
-
-        return fake_quantize_weight(weight, bits=qcfg.bits, group_size=qcfg.group_size, sym=qcfg.sym)
+        return rtn_quantize_weight(weight, qcfg.bits, qcfg.group_size, sym=qcfg.sym)
 
     run = VLMQRun(cfg, vision_ids, rtn)
     user_gptaq = qcfg.gptaq

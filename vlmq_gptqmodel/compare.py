@@ -1,0 +1,51 @@
+"""How far a quantized model drifts from its full-precision original: per decoder layer and at the output."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+
+
+def decoder_layers(model):
+    """The language model's decoder layers of a transformers Qwen-VL model or a GPTQModel wrapper."""
+    net = getattr(model, "model", model)  # GPTQModel wrapper -> transformers model
+    return net.model.language_model.layers
+
+
+@torch.no_grad()
+def layer_output_errors(fp_model, q_model, batches: Sequence[dict]) -> List[float]:
+    """Relative error ||h_q - h_fp||^2 / ||h_fp||^2 of every decoder layer's output hidden states,
+    summed over the batches. Both models see the same inputs, so the error of layer L includes what
+    the quantization of layers < L propagated into it, as in a real deployment."""
+    outputs = {}
+
+    def recorder(tag, index):
+        def hook(module, args, output):
+            hidden = output[0] if isinstance(output, tuple) else output
+            outputs[(tag, index)] = hidden.float()
+        return hook
+
+    handles = [layer.register_forward_hook(recorder(tag, i))
+               for tag, model in (("fp", fp_model), ("q", q_model))
+               for i, layer in enumerate(decoder_layers(model))]
+    n = len(decoder_layers(fp_model))
+    err, ref = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    try:
+        for batch in batches:
+            for model in (fp_model, q_model):
+                net = getattr(model, "model", model)
+                net(**batch.to(net.device))
+            for i in range(n):
+                fp, q = outputs[("fp", i)], outputs[("q", i)]
+                err[i] += (q - fp).pow(2).sum().double()
+                ref[i] += fp.pow(2).sum().double()
+    finally:
+        for h in handles:
+            h.remove()
+    return (err / ref).tolist()
+
+
+def top1_agreement(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> float:
+    """Share of answer positions where the quantized model's most likely token is the FP model's."""
+    ref, cand = torch.cat(list(reference)), torch.cat(list(candidate))
+    return float((ref.argmax(-1) == cand.argmax(-1)).float().mean())

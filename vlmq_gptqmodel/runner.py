@@ -1,0 +1,56 @@
+"""One quantization run, the way the CLI, the demo and the benchmarks all do it: GPTQ, GPTAQ or VLMQ
+from the same QuantizeConfig, so that the methods differ in nothing but the method."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .config import VLMQConfig
+
+BASELINES = ("gptq", "gptaq")
+PAPER_DAMP_PERCENT = 0.01  # the paper's dampening ratio (GPTQModel's own default is 0.05)
+
+
+@dataclass
+class QuantSpec:
+    bits: int = 3
+    group_size: int = 128
+    desc_act: bool = True          # the paper enables act_order
+    sym: bool = False              # asymmetric zero points, as in the paper's Eq. 11-14
+    damp_percent: float = PAPER_DAMP_PERCENT
+    gptaq_alpha: float = 0.25
+    device: str = "cpu"
+    extra: dict = field(default_factory=dict)  # any other QuantizeConfig field
+
+    def quantize_config(self, gptaq: bool):
+        from gptqmodel import QuantizeConfig
+        from gptqmodel.quantization.config import GPTAQConfig
+
+        return QuantizeConfig(
+            bits=self.bits, group_size=self.group_size, desc_act=self.desc_act, sym=self.sym,
+            damp_percent=self.damp_percent, device=self.device, offload_to_disk=False,
+            gptaq=GPTAQConfig(alpha=self.gptaq_alpha, device="cpu" if self.device == "cpu" else "auto") if gptaq else None,
+            **self.extra,
+        )
+
+
+def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: Optional[VLMQConfig] = None):
+    """Load `model_dir` with GPTQModel and quantize it with `method` in BASELINES or "vlmq"."""
+    from gptqmodel import GPTQModel
+
+    if method not in BASELINES + ("vlmq",):
+        raise ValueError(f"method={method!r}: choose one of {BASELINES + ('vlmq',)}")
+    vlmq = (vlmq or VLMQConfig()) if method == "vlmq" else None
+    gptaq = method == "gptaq" or (vlmq is not None and vlmq.precursor == "gptaq")
+    model = GPTQModel.load(str(model_dir), spec.quantize_config(gptaq))
+    kwargs = {"method": "vlmq", "vlmq": vlmq} if vlmq is not None else {}
+    model.quantize(calibration, batch_size=1, **kwargs)
+    return model
+
+
+def quantize_to_dir(model_dir, calibration, out_dir: Path, spec: QuantSpec, method: str,
+                    vlmq: Optional[VLMQConfig] = None):
+    model = quantize_model(model_dir, calibration, spec, method, vlmq)
+    model.save(str(out_dir))
+    return model

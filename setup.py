@@ -1,4 +1,8 @@
-from setuptools import setup
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+readme = Path(__file__).with_name("README.md")
 
 # `kernels/` lives at the repository root (Marlin-style layout) but is installed as
 # `vlmq_gptqmodel.kernels`: a top-level `kernels` package would collide with Hugging Face's.
@@ -6,16 +10,16 @@ setup(
     name="vlmq-gptqmodel",
     version="0.1.0",
     description="VLMQ: token-importance-weighted GPTQ/GPTAQ for vision-language models, as a GPTQModel backend",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
+    long_description=readme.read_text(encoding="utf-8") if readme.exists() else "",
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
-    packages=["vlmq_gptqmodel", "vlmq_gptqmodel.kernels"],
-    package_dir={"vlmq_gptqmodel": "vlmq_gptqmodel", "vlmq_gptqmodel.kernels": "kernels"},
-    include_package_data=True,
+    packages=find_packages(include=["vlmq_gptqmodel", "vlmq_gptqmodel.*"]) + ["vlmq_gptqmodel.kernels"],
+    package_dir={"vlmq_gptqmodel.kernels": "kernels"},
+    package_data={"vlmq_gptqmodel": ["assets/synthvlm/*"]},
     install_requires=[
-        "gptqmodel==7.7.0",
+        "gptqmodel==7.7.0",  # private API is used (vlmq_gptqmodel/glue): exactly this version
         "torch==2.14.1",
-        "torchvision==0.29.1",
+        "torchvision==0.29.1",  # Qwen-VL processors need it
         "transformers==5.23.0",
         "triton==3.8.0",
         "datasets==5.2.0",
@@ -23,6 +27,6 @@ setup(
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
     ],
-    extras_require={"test": ["pytest"], "bench": ["matplotlib"]},
+    extras_require={"test": ["pytest==9.2.0"], "bench": ["matplotlib==3.11.2"]},
     entry_points={"console_scripts": ["vlmq=vlmq_gptqmodel.cli:main"]},
 )

@@ -169,3 +169,17 @@ def test_ablation_settings_run_end_to_end(tiny_vlm, calib, quantize, cfg):
     report = model.vlmq_report[1]
     assert set(report["projections"]) == set(cfg.targets)
     assert all(s["min"] > 0 and s["cv"] > 0 for s in report["projections"].values())
+
+
+def test_gptqmodel_default_disk_offload_gives_the_same_checkpoint(tiny_vlm, calib, tmp_path):
+    """GPTQModel's default offload_to_disk=True materializes layers lazily inside its loop; the block
+    copy must see the real weights there too."""
+    from gptqmodel import GPTQModel, QuantizeConfig
+    from safetensors.torch import load_file
+
+    for offload in (True, False):
+        model = GPTQModel.load(str(tiny_vlm("qwen2_vl")), QuantizeConfig(bits=3, group_size=32, offload_to_disk=offload))
+        model.quantize(calib, method="vlmq", vlmq=VLMQConfig())
+        model.save(str(tmp_path / str(offload)))
+    a, b = (load_file(str(tmp_path / str(o) / "model.safetensors")) for o in (True, False))
+    _assert_same_tensors({k: v for k, v in a.items() if ".layers." in k}, {k: v for k, v in b.items() if ".layers." in k})

@@ -5,11 +5,12 @@ from typing import List, Sequence
 
 import torch
 
+from .evaluation import hf_model
+
 
 def decoder_layers(model):
     """The language model's decoder layers of a transformers Qwen-VL model or a GPTQModel wrapper."""
-    net = getattr(model, "model", model)  # GPTQModel wrapper -> transformers model
-    return net.model.language_model.layers
+    return hf_model(model).model.language_model.layers
 
 
 @torch.no_grad()
@@ -33,7 +34,7 @@ def layer_output_errors(fp_model, q_model, batches: Sequence[dict]) -> List[floa
     try:
         for batch in batches:
             for model in (fp_model, q_model):
-                net = getattr(model, "model", model)
+                net = hf_model(model)
                 net(**batch.to(net.device))
             for i in range(n):
                 fp, q = outputs[("fp", i)], outputs[("q", i)]

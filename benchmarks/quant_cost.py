@@ -1,0 +1,170 @@
+"""Quantization cost of GPTQ, GPTAQ and VLMQ on the same model and calibration set, in one run.
+
+Each method runs in its own fresh Python process (so peak memory is its own), on the same
+deterministically built random Qwen2-VL and the same synthetic calibration images, `--repeats`
+times in interleaved order. Printed: wall time of `quantize()` (model loading excluded), peak
+memory (CUDA: max allocated; CPU: peak RSS of the process, and the part above the RSS measured
+right before `quantize()`), as absolute values and as ratios to GPTAQ.
+
+    python benchmarks/quant_cost.py                       # Qwen2-VL-2B text dims, 2 layers, CPU
+    python benchmarks/quant_cost.py --device cuda --layers 4 --samples 64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+PRESETS = {  # language-model dims; the vision tower is tiny (it is not quantized)
+    "2b": dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2),
+    "small": dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=2),
+}
+METHODS = {  # label -> (runner method, VLMQ precursor)
+    "GPTQ": ("gptq", None),
+    "GPTAQ": ("gptaq", None),
+    "VLMQ(gptaq)": ("vlmq", "gptaq"),
+    "VLMQ(gptq)": ("vlmq", "gptq"),
+}
+
+
+def rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def worker(args) -> None:
+    import torch
+
+    import vlmq_gptqmodel  # noqa: F401
+    from vlmq_gptqmodel.config import VLMQConfig
+    from vlmq_gptqmodel.runner import QuantSpec
+    from vlmq_gptqmodel.world import calibration_conversations
+    from gptqmodel import GPTQModel
+
+    method, precursor = METHODS[args.worker]
+    spec = QuantSpec(bits=args.bits, group_size=args.group_size, device=args.device)
+    gptaq = method == "gptaq" or precursor == "gptaq"
+    calib = calibration_conversations(args.samples, seed=0, image_size=args.image_size)
+    model = GPTQModel.load(args.model, spec.quantize_config(gptaq))
+    kwargs = {"method": "vlmq", "vlmq": VLMQConfig(precursor=precursor)} if method == "vlmq" else {}
+    cuda = args.device.startswith("cuda")
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = rss_kib()
+    start = time.perf_counter()
+    model.quantize(calib, batch_size=1, **kwargs)
+    if cuda:
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    result = {"seconds": seconds, "rss_before_mib": before / 1024,
+              "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    if cuda:
+        result["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    Path(args.result).write_text(json.dumps(result))
+
+
+def build_model(args, root: Path) -> Path:
+    from vlmq_gptqmodel.tiny_vlm import save_tiny_vlm
+
+    return save_tiny_vlm(root / "model", "qwen2_vl", seed=0, image_size=args.image_size,
+                         num_hidden_layers=args.layers, **PRESETS[args.preset])
+
+
+def run_one(label: str, args, model: Path, root: Path) -> dict:
+    out = root / f"{label}.json"
+    cmd = [sys.executable, __file__, "--worker", label, "--model", str(model), "--result", str(out),
+           "--bits", str(args.bits), "--group-size", str(args.group_size), "--samples", str(args.samples),
+           "--image-size", str(args.image_size), "--device", args.device]
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return json.loads(out.read_text())
+
+
+def summarize(runs: dict) -> dict:
+    table = {}
+    for label, rs in runs.items():
+        row = {"seconds": statistics.median(r["seconds"] for r in rs),
+               "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in rs),
+               "peak_above_start_mib": statistics.median(r["peak_rss_mib"] - r["rss_before_mib"] for r in rs),
+               "repeats": len(rs)}
+        if "peak_cuda_mib" in rs[0]:
+            row["peak_cuda_mib"] = statistics.median(r["peak_cuda_mib"] for r in rs)
+        table[label] = row
+    base = table["GPTAQ"]
+    for row in table.values():
+        for key in ("seconds", "peak_rss_mib", "peak_above_start_mib", "peak_cuda_mib"):
+            if key in row and base.get(key):
+                row[f"{key}_vs_gptaq"] = row[key] / base[key]
+    return table
+
+
+def markdown(table: dict, args) -> str:
+    cuda = "peak_cuda_mib" in table["GPTAQ"]
+    head = "| method | quantize time | vs GPTAQ | peak RSS | vs GPTAQ | peak RSS above start | vs GPTAQ |"
+    head += " peak CUDA | vs GPTAQ |" if cuda else ""
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for label, r in table.items():
+        line = (f"| {label} | {r['seconds']:.1f} s | {r['seconds_vs_gptaq']:.3f}x | {r['peak_rss_mib']:.0f} MiB | "
+                f"{r['peak_rss_mib_vs_gptaq']:.3f}x | {r['peak_above_start_mib']:.0f} MiB | "
+                f"{r['peak_above_start_mib_vs_gptaq']:.3f}x |")
+        if cuda:
+            line += f" {r['peak_cuda_mib']:.0f} MiB | {r['peak_cuda_mib_vs_gptaq']:.3f}x |"
+        lines.append(line)
+    setting = (f"device {args.device}, preset {args.preset} ({PRESETS[args.preset]}), {args.layers} layers, "
+               f"W{args.bits} g{args.group_size}, {args.samples} calibration images of {args.image_size} px, "
+               f"median of {args.repeats} run(s) per method, one fresh process per run")
+    return setting + "\n\n" + "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="2b")
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--image-size", type=int, default=448, help="px; 448 -> 256 image tokens per sample")
+    p.add_argument("--bits", type=int, default=3)
+    p.add_argument("--group-size", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--repeats", type=int, default=1)
+    p.add_argument("--methods", default=",".join(METHODS))
+    p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/quant_cost.*")
+    p.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
+    p.add_argument("--result", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.worker:
+        return worker(args)
+    labels = [m.strip() for m in args.methods.split(",")]
+    if "GPTAQ" not in labels or any(m not in METHODS for m in labels):
+        raise SystemExit(f"--methods must list GPTAQ (the reference) and only {list(METHODS)}")
+    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = build_model(args, root)
+        runs = {label: [] for label in labels}
+        for rep in range(args.repeats):
+            for label in labels:  # interleaved, so slow drift of the machine hits every method alike
+                runs[label].append(run_one(label, args, model, root))
+                print(f"[{rep + 1}/{args.repeats}] {label}: {runs[label][-1]['seconds']:.1f} s", file=sys.stderr)
+    table = summarize(runs)
+    text = markdown(table, args)
+    print(text)
+    if not args.no_save:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "quant_cost.json").write_text(json.dumps({"settings": vars(args), "results": table}, indent=2))
+        (RESULTS / "quant_cost.md").write_text(text + "\n\nreproduce: python benchmarks/quant_cost.py "
+                                               + " ".join(sys.argv[1:]) + "\n")
+
+
+if __name__ == "__main__":
+    main()

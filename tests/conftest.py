@@ -6,8 +6,14 @@ import os
 # 2 cores); the tests check numerics, not speed, so run it eagerly.
 os.environ.setdefault("TORCHDYNAMO_DISABLE", "1")
 
-import pytest  # noqa: E402
 import torch  # noqa: E402
+
+# Without a GPU the Triton kernels run in the interpreter. Triton reads TRITON_INTERPRET when a kernel
+# is decorated, i.e. at the first import of vlmq_gptqmodel.kernels by any test module: set it here.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 import vlmq_gptqmodel  # noqa: E402,F401  (registers method="vlmq")
 from vlmq_gptqmodel.tiny_vlm import save_tiny_vlm  # noqa: E402

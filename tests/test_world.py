@@ -1,0 +1,160 @@
+"""The synthetic world: deterministic disjoint splits, answers that match the scene and the pixels, a closed vocabulary."""
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from vlmq_gptqmodel import tiny_vlm
+from vlmq_gptqmodel.world import (
+    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, calibration_conversations, make_samples,
+)
+from vlmq_gptqmodel.world.render import RGB
+from vlmq_gptqmodel.world.scene import SceneText
+from vlmq_gptqmodel.world.vocab import GRID_SIZE, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS
+
+
+def _same(a, b):
+    return (a.caption == b.caption and a.qa == b.qa and a.scene == b.scene
+            and np.array_equal(np.asarray(a.image), np.asarray(b.image)))
+
+
+def test_samples_are_deterministic_and_independent_of_how_many_are_drawn():
+    first = make_samples("eval", 6, seed=3)
+    again = make_samples("eval", 6, seed=3)
+    assert all(_same(a, b) for a, b in zip(first, again))
+    longer = make_samples("eval", 10, seed=3)
+    assert all(_same(a, b) for a, b in zip(first, longer))
+    assert all(_same(a, b) for a, b in zip(longer[4:], make_samples("eval", 6, seed=3, start=4)))
+
+
+def test_splits_and_seeds_draw_different_samples():
+    splits = {split: make_samples(split, 20) for split in ("train", "calib", "eval")}
+    splits["eval seed 1"] = make_samples("eval", 20, seed=1)
+    names = list(splits)
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pairs = zip(splits[a], splits[b])
+            assert not any(np.array_equal(np.asarray(x.image), np.asarray(y.image)) for x, y in pairs), (a, b)
+            assert [s.caption for s in splits[a]] != [s.caption for s in splits[b]]
+
+
+def test_bad_arguments_name_the_problem():
+    with pytest.raises(ValueError, match="split"):
+        make_samples("test", 1)
+    with pytest.raises(ValueError, match="stage"):
+        make_samples("train", 1, stage=FINAL_STAGE + 1)
+    with pytest.raises(ValueError, match="image_size"):
+        make_samples("train", 1, image_size=20)
+
+
+@pytest.mark.parametrize("stage", range(1, FINAL_STAGE + 1))
+def test_every_word_is_in_the_vocabulary(stage):
+    tokenizer = tiny_vlm.build_tokenizer(VOCAB)
+    texts = [CAPTION_PROMPT]
+    for sample in make_samples("train", 60, stage=stage):
+        texts.append(sample.caption)
+        texts += [t for qa in sample.qa for t in (qa.question, qa.answer)]
+    for text in texts:
+        assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+
+
+def test_stages_follow_the_curriculum():
+    first = make_samples("train", 40, stage=1)
+    assert all(len(s.scene.objects) == 1 and s.scene.objects[0].size == "big" and s.scene.text is None
+               for s in first)
+    assert {qa.kind for s in first for qa in s.qa} == {"colour", "shape"}
+    final = make_samples("train", 80, stage=FINAL_STAGE)
+    assert {qa.kind for s in final for qa in s.qa} == set(QUESTION_KINDS)
+    assert all(1 <= len(s.scene.objects) <= STAGES[-1].max_objects for s in final)
+    assert 0.3 < np.mean([s.scene.text is not None for s in final]) < 0.7
+
+
+def _check_answer(sample, qa):
+    objects = sample.scene.objects
+    words = qa.question.split()
+    if qa.kind == "colour":
+        matching = [o for o in objects if o.shape == words[-2]]
+        assert len(matching) == 1 and matching[0].colour == qa.answer
+    elif qa.kind == "shape":
+        matching = [o for o in objects if o.colour == words[-3]]
+        assert len(matching) == 1 and matching[0].shape == qa.answer
+    elif qa.kind == "count":
+        shape = next(s for s, plural in SHAPE_PLURALS.items() if plural == words[2])
+        assert NUMBER_WORDS[sum(o.shape == shape for o in objects)] == qa.answer
+    elif qa.kind == "exists":
+        present = any(o.colour == words[-3] and o.shape == words[-2] for o in objects)
+        assert qa.answer == ("yes" if present else "no")
+    elif qa.kind == "position":
+        matching = [o for o in objects if o.colour == words[-3] and o.shape == words[-2]]
+        assert len(matching) == 1 and POSITION_NAMES[matching[0].row][matching[0].col] == qa.answer
+    else:
+        assert qa.answer == " ".join(sample.scene.text.glyphs)
+
+
+def test_answers_and_captions_agree_with_the_scene():
+    samples = make_samples("eval", 150)
+    for sample in samples:
+        for qa in sample.qa:
+            _check_answer(sample, qa)
+        assert sample.caption.endswith(" .")
+        parts = sample.caption[:-2].replace(" and ", " , ").split(" , ")
+        items = sample.scene.items_in_reading_order()
+        assert len(parts) == len(items)
+        for part, item in zip(parts, items):
+            assert part.endswith(" " + POSITION_NAMES[item.row][item.col])
+            words = part.split()
+            if isinstance(item, SceneText):
+                assert words[0] == "text" and "".join(words[1:1 + len(item.glyphs)]) == item.glyphs
+            else:
+                assert words[:3] == [item.size, item.colour, item.shape]
+    exists = Counter(qa.answer for s in samples for qa in s.qa if qa.kind == "exists")
+    assert 0.35 < exists["yes"] / sum(exists.values()) < 0.65
+    positions = Counter(qa.answer for s in samples for qa in s.qa if qa.kind == "position")
+    assert len(positions) == GRID_SIZE * GRID_SIZE
+
+
+def _cell(pixels, row, col):
+    side = pixels.shape[0] // GRID_SIZE
+    return pixels[row * side:(row + 1) * side, col * side:(col + 1) * side]
+
+
+def test_pixels_show_each_item_in_its_cell_and_leave_most_tiles_plain():
+    samples = make_samples("eval", 40)
+    plain_fraction = []
+    for sample in samples:
+        pixels = np.asarray(sample.image).astype(int)
+        for item in sample.scene.items_in_reading_order():
+            cell = _cell(pixels, item.row, item.col)
+            if isinstance(item, SceneText):
+                assert (cell.max(-1) < 90).sum() >= 20  # dark glyph strokes
+            else:
+                close = np.abs(cell - np.array(RGB[item.colour])).max(-1) < 30
+                assert close.sum() >= 60, (sample.caption, item)
+        # Tiles the size of one image token (28 px) whose pixels are all background-like (light, grey-ish).
+        saturated = (pixels.max(-1) - pixels.min(-1) > 60) | (pixels.max(-1) < 150)
+        n = pixels.shape[0] // 28
+        tiles = saturated.reshape(n, 28, n, 28).any(axis=(1, 3))
+        plain_fraction.append(1 - tiles.mean())
+    assert np.mean(plain_fraction) > 0.6
+
+
+def test_calibration_conversations_are_captioned_images_in_gptqmodel_format():
+    convs = calibration_conversations(4, seed=2)
+    calib = make_samples("calib", 4, seed=2)
+    for conv, sample in zip(convs, calib):
+        user, assistant = conv
+        assert user["role"] == "user" and assistant["role"] == "assistant"
+        assert [item["type"] for item in user["content"]] == ["image", "text"]
+        assert user["content"][1]["text"] == CAPTION_PROMPT
+        assert np.array_equal(np.asarray(user["content"][0]["image"]), np.asarray(sample.image))
+        assert assistant["content"] == [{"type": "text", "text": sample.caption}]
+    processor = tiny_vlm.build_processor(tiny_vlm.build_tokenizer(VOCAB), "qwen2_vl", DEFAULT_IMAGE_SIZE)
+    text = processor.apply_chat_template(convs[0], tokenize=False)
+    enc = processor(text=[text], images=[convs[0][0]["content"][0]["image"]], return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    image_tokens = ids.count(processor.tokenizer.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD))
+    # The paper's premise: vision tokens clearly outnumber the text tokens of a calibration sample.
+    assert image_tokens == (DEFAULT_IMAGE_SIZE // 28) ** 2
+    text_tokens = [len(processor.tokenizer(processor.apply_chat_template(c, tokenize=False))["input_ids"]) - 1
+                   for c in calibration_conversations(50)]
+    assert image_tokens > 1.5 * np.mean(text_tokens)

@@ -1,0 +1,68 @@
+"""Seeded train / calibration / evaluation splits and GPTQModel-ready calibration conversations."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from vlmq_gptqmodel.world.language import CAPTION_PROMPT, QA, caption, questions
+from vlmq_gptqmodel.world.render import render_scene
+from vlmq_gptqmodel.world.scene import FINAL_STAGE, Scene, get_stage, sample_scene
+
+# 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
+DEFAULT_IMAGE_SIZE = 224
+# Each split draws from its own seed stream, so no split can ever reproduce another's samples.
+SPLIT_STREAMS = {"train": 0, "calib": 1, "eval": 2}
+
+
+@dataclass(frozen=True)
+class Sample:
+    image: Image.Image
+    caption: str
+    qa: list[QA]
+    scene: Scene
+
+
+def sample_rng(split: str, seed: int, index: int, stage: int | None) -> np.random.Generator:
+    """Sample `index` of a split depends only on (split, seed, stage, index), not on how many are drawn."""
+    if split not in SPLIT_STREAMS:
+        raise ValueError(f"split={split!r} is not one of {tuple(SPLIT_STREAMS)}")
+    stage_number = FINAL_STAGE if stage is None else stage
+    return np.random.default_rng([SPLIT_STREAMS[split], seed, stage_number, index])
+
+
+def make_sample(split: str, index: int, seed: int = 0, *, image_size: int = DEFAULT_IMAGE_SIZE,
+                stage: int | None = None) -> Sample:
+    spec = get_stage(stage)
+    rng = sample_rng(split, seed, index, stage)
+    scene = sample_scene(rng, spec)
+    image = render_scene(scene, rng, image_size)
+    return Sample(image=image, caption=caption(scene), qa=questions(scene, rng, spec.kinds), scene=scene)
+
+
+def make_samples(split: str, n: int, seed: int = 0, *, image_size: int = DEFAULT_IMAGE_SIZE,
+                 stage: int | None = None, start: int = 0) -> list[Sample]:
+    """Samples start..start+n-1 of `split`; `stage` picks a curriculum stage (None: the full distribution)."""
+    if n < 0 or start < 0:
+        raise ValueError(f"n={n} and start={start} must be >= 0")
+    if image_size < 42:
+        raise ValueError(f"image_size={image_size} is too small to draw a 3x3 grid of objects; use >= 42")
+    return [make_sample(split, start + i, seed, image_size=image_size, stage=stage) for i in range(n)]
+
+
+def user_turn(image: Image.Image, text: str) -> dict:
+    return {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}
+
+
+def assistant_turn(text: str) -> dict:
+    return {"role": "assistant", "content": [{"type": "text", "text": text}]}
+
+
+def caption_conversation(sample: Sample) -> list[dict]:
+    return [user_turn(sample.image, CAPTION_PROMPT), assistant_turn(sample.caption)]
+
+
+def calibration_conversations(n: int, seed: int = 0, **kw) -> list[list[dict]]:
+    """`n` image+caption conversations from the calib split (the paper calibrates on captioned images)."""
+    return [caption_conversation(sample) for sample in make_samples("calib", n, seed, **kw)]

@@ -1,0 +1,93 @@
+"""What an image contains: a few shapes and maybe a short text, each in its own cell of a 3x3 grid.
+
+Scenes are sampled from a curriculum stage (how many objects, which sizes, how often text appears) so the
+training script can start with one big object and end with the full, evaluation-time distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlmq_gptqmodel.world.vocab import COLOURS, GLYPHS, GRID_SIZE, SHAPES, SIZES
+
+QUESTION_KINDS = ("colour", "shape", "count", "exists", "position", "text")
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: the scene distribution and the question kinds (plus captions) it trains."""
+
+    min_objects: int
+    max_objects: int
+    sizes: tuple[str, ...]
+    text_probability: float
+    kinds: tuple[str, ...]
+    captions: bool
+
+
+# Stage 1: one big shape, "what colour/shape"; each later stage adds objects, sizes, kinds, text.
+# The last stage is the evaluation and calibration distribution.
+STAGES = (
+    Stage(1, 1, ("big",), 0.0, ("colour", "shape"), False),
+    Stage(1, 2, SIZES, 0.0, ("colour", "shape", "exists", "count"), False),
+    Stage(1, 4, SIZES, 0.0, ("colour", "shape", "exists", "count", "position"), False),
+    Stage(0, 3, SIZES, 1.0, QUESTION_KINDS, True),
+    Stage(1, 4, SIZES, 0.5, QUESTION_KINDS, True),
+)
+FINAL_STAGE = len(STAGES)
+
+
+def get_stage(stage: int | None) -> Stage:
+    if stage is None:
+        return STAGES[-1]
+    if not 1 <= stage <= len(STAGES):
+        raise ValueError(f"stage={stage} does not exist; use 1..{len(STAGES)} or None for the final stage")
+    return STAGES[stage - 1]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class SceneText:
+    glyphs: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]
+    text: SceneText | None
+
+    def items_in_reading_order(self) -> list[SceneObject | SceneText]:
+        items = list(self.objects) + ([self.text] if self.text else [])
+        return sorted(items, key=lambda item: (item.row, item.col))
+
+
+def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
+    """Objects and text in distinct grid cells; shapes, colours and sizes drawn uniformly."""
+    has_text = rng.random() < stage.text_probability
+    n_objects = int(rng.integers(stage.min_objects, stage.max_objects + 1))
+    if n_objects == 0 and not has_text:
+        n_objects = 1
+    cells = rng.permutation(GRID_SIZE * GRID_SIZE)[: n_objects + has_text]
+    objects = tuple(
+        SceneObject(
+            shape=str(rng.choice(SHAPES)), colour=str(rng.choice(COLOURS)), size=str(rng.choice(stage.sizes)),
+            row=int(cell) // GRID_SIZE, col=int(cell) % GRID_SIZE,
+        )
+        for cell in cells[:n_objects]
+    )
+    text = None
+    if has_text:
+        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(2, 4))))
+        text = SceneText(glyphs, int(cells[-1]) // GRID_SIZE, int(cells[-1]) % GRID_SIZE)
+    return Scene(objects, text)

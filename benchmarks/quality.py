@@ -94,7 +94,7 @@ class Bench:
         if key in self.runs:
             return
         calib = calibration_conversations(self.args.calib, seed=seed, image_size=self.size)
-        spec = QuantSpec(bits=bits, group_size=group)
+        spec = QuantSpec(bits=bits, group_size=group, dtype=self.args.dtype)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             model = quantize_to_dir(self.model_dir, calib, Path(tmp), spec, method, cfg)
@@ -223,6 +223,8 @@ def main() -> None:
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--calib", type=int, default=64, help="calibration images per seed")
     p.add_argument("--eval", type=int, default=100, help="held-out evaluation images (about 5 questions each)")
+    p.add_argument("--dtype", default="float32",
+                   help="layer dtype while quantizing (auto = GPTQModel's choice, bf16 on CPU)")
     p.add_argument("--no-ablations", dest="ablations", action="store_false")
     p.add_argument("--ablation-settings", default="w3g32,w2g32")
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
@@ -248,7 +250,7 @@ def main() -> None:
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
     text = [f"# Quantization quality on synthvlm\n",
             f"{len(bench.fp.correct)} held-out questions ({args.eval} eval images), {args.calib} calibration "
-            f"images per seed, seeds {seeds}, act-order on, asymmetric, damp 0.01, models served by "
+            f"images per seed, seeds {seeds}, quantized in {args.dtype}, act-order on, asymmetric, damp 0.01, models served by "
             f"GPTQModel's TorchLinear (fp32) after save/load.\n",
             "## Main table\n", main_table(runs, settings, seeds),
             "\n## VLMQ minus its precursor (paired by calibration seed)\n", delta_table(runs, settings, seeds)]

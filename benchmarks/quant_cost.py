@@ -52,10 +52,10 @@ def worker(args) -> None:
     from gptqmodel import GPTQModel
 
     method, precursor = METHODS[args.worker]
-    spec = QuantSpec(bits=args.bits, group_size=args.group_size, device=args.device)
+    spec = QuantSpec(bits=args.bits, group_size=args.group_size, device=args.device, dtype=args.dtype)
     gptaq = method == "gptaq" or precursor == "gptaq"
     calib = calibration_conversations(args.samples, seed=0, image_size=args.image_size)
-    model = GPTQModel.load(args.model, spec.quantize_config(gptaq))
+    model = GPTQModel.load(args.model, spec.quantize_config(gptaq), dtype=spec.torch_dtype())
     kwargs = {"method": "vlmq", "vlmq": VLMQConfig(precursor=precursor)} if method == "vlmq" else {}
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -85,7 +85,7 @@ def run_one(label: str, args, model: Path, root: Path) -> dict:
     out = root / f"{label}.json"
     cmd = [sys.executable, __file__, "--worker", label, "--model", str(model), "--result", str(out),
            "--bits", str(args.bits), "--group-size", str(args.group_size), "--samples", str(args.samples),
-           "--image-size", str(args.image_size), "--device", args.device]
+           "--image-size", str(args.image_size), "--device", args.device, "--dtype", args.dtype]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     return json.loads(out.read_text())
 
@@ -120,7 +120,7 @@ def markdown(table: dict, args) -> str:
         if cuda:
             line += f" {r['peak_cuda_mib']:.0f} MiB | {r['peak_cuda_mib_vs_gptaq']:.3f}x |"
         lines.append(line)
-    setting = (f"device {args.device}, preset {args.preset} ({PRESETS[args.preset]}), {args.layers} layers, "
+    setting = (f"device {args.device}, dtype {args.dtype}, preset {args.preset} ({PRESETS[args.preset]}), {args.layers} layers, "
                f"W{args.bits} g{args.group_size}, {args.samples} calibration images of {args.image_size} px, "
                f"median of {args.repeats} run(s) per method, one fresh process per run")
     return setting + "\n\n" + "\n".join(lines)
@@ -135,6 +135,7 @@ def main() -> None:
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="auto", help="layer dtype while quantizing (auto = GPTQModel's choice)")
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--no-save", action="store_true", help="do not write benchmarks/results/quant_cost.*")

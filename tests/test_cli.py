@@ -68,3 +68,28 @@ def test_missing_arguments_and_bad_settings_are_named(tiny_vlm, calib_file, tmp_
     assert "targets" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="config.json"):
         cli.main(_args(tmp_path, calib_file, tmp_path / "z"))
+
+
+def test_dtype_reaches_gptqmodel_load_and_bad_dtypes_are_named(tiny_vlm, calib_file, tmp_path, monkeypatch):
+    import torch
+    from gptqmodel import GPTQModel
+
+    from vlmq_gptqmodel.runner import QuantSpec
+
+    assert QuantSpec().torch_dtype() == "auto"  # GPTQModel's own default, unchanged
+    assert QuantSpec(dtype="float32").torch_dtype() is torch.float32
+    with pytest.raises(ValueError, match="float32"):
+        QuantSpec(dtype="fp32").torch_dtype()
+
+    seen = {}
+
+    def capture(path, qcfg, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after load")  # the run fails here and must leave no output behind
+
+    monkeypatch.setattr(GPTQModel, "load", capture)
+    out = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="stop after load"):
+        cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, out, "--dtype", "float32"))
+    assert seen["dtype"] is torch.float32
+    assert not out.exists() and _leftovers(tmp_path) == []

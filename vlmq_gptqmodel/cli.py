@@ -16,7 +16,7 @@ from .config import (
     PRECURSORS,
     VLMQConfig,
 )
-from .runner import BASELINES, PAPER_DAMP_PERCENT, QuantSpec
+from .runner import BASELINES, DTYPES, PAPER_DAMP_PERCENT, QuantSpec
 
 DEFAULT_DEMO_OUT = "out/vlmq-demo"
 
@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--damp-percent", type=float, default=PAPER_DAMP_PERCENT)
     q.add_argument("--gptaq-alpha", type=float, default=0.25)
     q.add_argument("--device", default="cpu", help="cpu, cuda, cuda:0, ...")
+    q.add_argument("--dtype", choices=("auto",) + DTYPES, default="auto",
+                   help="dtype of the layer forwards while quantizing (auto: GPTQModel's choice, bf16 on CPU; "
+                        "float32 is much faster on CPUs without bf16 matrix units)")
     q.add_argument("--precursor", choices=PRECURSORS, default="gptaq")
     q.add_argument("--importance", choices=IMPORTANCE_SOURCES, default="gradient")
     q.add_argument("--granularity", choices=GRANULARITIES, default="block")
@@ -70,7 +73,8 @@ def vlmq_config(args) -> VLMQConfig:
 
 def quant_spec(args) -> QuantSpec:
     return QuantSpec(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=args.sym,
-                     damp_percent=args.damp_percent, gptaq_alpha=args.gptaq_alpha, device=args.device)
+                     damp_percent=args.damp_percent, gptaq_alpha=args.gptaq_alpha, device=args.device,
+                     dtype=args.dtype)
 
 
 def run_quantize(args) -> int:

@@ -9,6 +9,7 @@ from typing import Optional
 from .config import VLMQConfig
 
 BASELINES = ("gptq", "gptaq")
+DTYPES = ("float32", "bfloat16", "float16")
 PAPER_DAMP_PERCENT = 0.01  # the paper's dampening ratio (GPTQModel's own default is 0.05)
 
 
@@ -21,7 +22,19 @@ class QuantSpec:
     damp_percent: float = PAPER_DAMP_PERCENT
     gptaq_alpha: float = 0.25
     device: str = "cpu"
+    # dtype the layers run in while quantizing: "auto" is GPTQModel's choice (bf16 on CPU, which CPUs
+    # without bf16 matrix units emulate slowly; "float32" is then much faster)
+    dtype: str = "auto"
     extra: dict = field(default_factory=dict)  # any other QuantizeConfig field
+
+    def torch_dtype(self):
+        import torch
+
+        if self.dtype == "auto":
+            return "auto"
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype={self.dtype!r}: choose one of {('auto',) + DTYPES}")
+        return getattr(torch, self.dtype)
 
     def quantize_config(self, gptaq: bool):
         from gptqmodel import QuantizeConfig
@@ -43,7 +56,7 @@ def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: O
         raise ValueError(f"method={method!r}: choose one of {BASELINES + ('vlmq',)}")
     vlmq = (vlmq or VLMQConfig()) if method == "vlmq" else None
     gptaq = method == "gptaq" or (vlmq is not None and vlmq.precursor == "gptaq")
-    model = GPTQModel.load(str(model_dir), spec.quantize_config(gptaq))
+    model = GPTQModel.load(str(model_dir), spec.quantize_config(gptaq), dtype=spec.torch_dtype())
     kwargs = {"method": "vlmq", "vlmq": vlmq} if vlmq is not None else {}
     model.quantize(calibration, batch_size=1, **kwargs)
     return model

@@ -24,8 +24,7 @@ import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
 from vlmq_gptqmodel.config import VLMQConfig
-from vlmq_gptqmodel.demo import bundled_model_dir
-from vlmq_gptqmodel.evaluation import eval_samples, evaluate, load_for_eval, processor_image_size
+from vlmq_gptqmodel.evaluation import eval_samples, evaluate, load_for_eval, processor_image_size, synthvlm_dir
 from vlmq_gptqmodel.rtn import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.world import calibration_conversations
@@ -68,7 +67,7 @@ def parse_setting(text: str) -> tuple:
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.model_dir = Path(args.model) if args.model else bundled_model_dir()
+        self.model_dir = Path(args.model) if args.model else synthvlm_dir()
         self.store = Path(args.results) / "quality.json"
         self.runs = json.loads(self.store.read_text())["runs"] if self.store.exists() and not args.fresh else {}
         self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=DTYPE)

@@ -36,8 +36,9 @@ from vlmq_gptqmodel.world import (
 from vlmq_gptqmodel.world.render import render_scene
 from vlmq_gptqmodel.world.vocab import VOCAB
 
+SIZES = tiny_vlm.SYNTHVLM_SIZES
 VALIDATION_SEED = 1  # train split, seed 1: disjoint from the training stream (seed 0) and from eval
-ARCH = "qwen2_vl"
+ARCH = tiny_vlm.SYNTHVLM_ARCH
 
 
 def parse_args(argv=None):
@@ -47,14 +48,14 @@ def parse_args(argv=None):
     p.add_argument("--export-only", action="store_true", help="export OUT/ckpt.pt to --export without training")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
-    p.add_argument("--hidden", type=int, default=256)
-    p.add_argument("--layers", type=int, default=4)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--kv-heads", type=int, default=2)
-    p.add_argument("--intermediate", type=int, default=512)
-    p.add_argument("--vision-depth", type=int, default=2)
-    p.add_argument("--vision-hidden", type=int, default=128)
-    p.add_argument("--vision-heads", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=SIZES["hidden_size"])
+    p.add_argument("--layers", type=int, default=SIZES["num_hidden_layers"])
+    p.add_argument("--heads", type=int, default=SIZES["num_attention_heads"])
+    p.add_argument("--kv-heads", type=int, default=SIZES["num_key_value_heads"])
+    p.add_argument("--intermediate", type=int, default=SIZES["intermediate_size"])
+    p.add_argument("--vision-depth", type=int, default=SIZES["vision_depth"])
+    p.add_argument("--vision-hidden", type=int, default=SIZES["vision_hidden"])
+    p.add_argument("--vision-heads", type=int, default=SIZES["vision_heads"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)

@@ -1,18 +1,25 @@
-"""`vlmq quantize --demo`: quantize the bundled VLM with GPTQ, GPTAQ and VLMQ on the same synthetic
-calibration set and compare them against the full-precision model on held-out questions."""
+"""`vlmq quantize --demo`: quantize the demo VLM with GPTQ, GPTAQ and VLMQ on the same synthetic
+calibration set and compare them against the full-precision model on held-out questions.
+
+The demo VLM is the project's trained synthetic-world model when the package ships it; until it does,
+a randomly initialised Qwen2-VL of the same shape, built deterministically from its config (exact-match
+accuracy is then meaningless, but per-layer error, agreement and KL against FP still compare methods)."""
 from __future__ import annotations
 
 import logging
+import tempfile
 import time
-from importlib import resources
 from pathlib import Path
 
 from .compare import layer_output_errors, top1_agreement
 from .config import VLMQConfig
-from .evaluation import encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of
+from .evaluation import (
+    encode_scored, eval_samples, evaluate, has_synthvlm, load_for_eval, processor_image_size, questions_of, synthvlm_dir,
+)
 from .output_dir import staged_output
 from .runner import QuantSpec, quantize_to_dir
-from .world import calibration_conversations
+from .tiny_vlm import SYNTHVLM_ARCH, SYNTHVLM_SIZES, save_tiny_vlm
+from .world import DEFAULT_IMAGE_SIZE, calibration_conversations
 
 log = logging.getLogger("vlmq_gptqmodel")
 DEMO_CALIBRATION = 32
@@ -20,17 +27,26 @@ DEMO_EVAL_IMAGES = 40
 LAYER_ERROR_QUESTIONS = 16
 
 
-def bundled_model_dir() -> Path:
-    path = Path(str(resources.files("vlmq_gptqmodel") / "assets" / "synthvlm"))
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"the bundled model is missing from {path}; reinstall vlmq-gptqmodel.")
-    return path
+RANDOM_MODEL_NOTE = ("note: the trained synthetic-world VLM is not shipped in this version, so the demo model is a "
+                     "randomly initialised Qwen2-VL of its shape: exact match is meaningless here; per-layer error, "
+                     "top-1 agreement and KL against FP compare the methods.")
+
+
+def demo_model_dir(workdir: Path) -> tuple[Path, str | None]:
+    """(model directory, note): the shipped trained VLM, or a random one of its shape saved under `workdir`."""
+    if has_synthvlm():
+        return synthvlm_dir(), None
+    path = save_tiny_vlm(workdir / "random-synthvlm", SYNTHVLM_ARCH, seed=0, image_size=DEFAULT_IMAGE_SIZE,
+                         **SYNTHVLM_SIZES)
+    return path, RANDOM_MODEL_NOTE
 
 
 def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = False,
              n_calib: int = DEMO_CALIBRATION, n_eval: int = DEMO_EVAL_IMAGES, seed: int = 0) -> dict:
-    model_dir = bundled_model_dir()
-    with staged_output(out, overwrite) as stage:
+    with staged_output(out, overwrite) as stage, tempfile.TemporaryDirectory() as workdir:
+        model_dir, note = demo_model_dir(Path(workdir))
+        if note:
+            log.info(note)
         fp_model, processor = load_for_eval(model_dir)
         size = processor_image_size(processor)
         calib = calibration_conversations(n_calib, seed, image_size=size)
@@ -52,11 +68,12 @@ def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = Fal
                 "layers": layer_output_errors(fp_model, q_model, [error_batch]),
             }
             del q_model
-    print(format_comparison(rows, spec, n_calib, len(fp.correct), out))
+    print(format_comparison(rows, spec, n_calib, len(fp.correct), out, note))
     return rows
 
 
-def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: int, out: Path) -> str:
+def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: int, out: Path,
+                      note: str | None = None) -> str:
     quantized = [k for k in rows if rows[k]["layers"] is not None]
     n_layers = len(rows[quantized[0]]["layers"])
     lines = [
@@ -74,5 +91,5 @@ def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: in
     for k, r in rows.items():
         secs = "" if r["seconds"] is None else f"{r['seconds']:.1f} s"
         lines.append(f"| {k} | {r['accuracy']:.3f} | {r['agreement']:.3f} | {r['kl']:.4f} | {secs} |")
-    lines += ["", f"checkpoints (standard GPTQ) written to {out}/<method>/"]
+    lines += ["", f"checkpoints (standard GPTQ) written to {out}/<method>/"] + ([note] if note else [])
     return "\n".join(lines)

@@ -24,16 +24,21 @@ from vlmq_gptqmodel.tiny_vlm import IM_END
 
 DEFAULT_EVAL_SAMPLES = 100
 DEFAULT_BATCH_SIZE = 32
-# The project's own trained VLM, shipped as package data (see tools/TRAINING.md).
+# The project's own trained VLM, shipped as package data once it is trained (see tools/TRAINING.md).
 SYNTHVLM_DIR = Path(__file__).resolve().parent / "assets" / "synthvlm"
 
 
+def has_synthvlm() -> bool:
+    return (SYNTHVLM_DIR / "model.safetensors").is_file()
+
+
 def synthvlm_dir() -> Path:
-    """Directory of the shipped synthetic-world model; fails clearly if the package data is missing."""
-    if not (SYNTHVLM_DIR / "model.safetensors").is_file():
+    """Directory of the shipped synthetic-world model; fails clearly if it is not there."""
+    if not has_synthvlm():
         raise FileNotFoundError(
-            f"the shipped model is missing from {SYNTHVLM_DIR}; reinstall vlmq-gptqmodel, or recreate it with "
-            f"`python tools/train_synthvlm.py --export {SYNTHVLM_DIR}`"
+            f"the trained synthetic-world model is not in {SYNTHVLM_DIR}: this version does not ship it yet "
+            f"(see tools/TRAINING.md). Train and export it with `python tools/train_synthvlm.py --export "
+            f"{SYNTHVLM_DIR}`, or pass --model DIR"
         )
     return SYNTHVLM_DIR
 

@@ -39,6 +39,12 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
+# Shape of the project's synthetic-world VLM (tools/train_synthvlm.py): hidden 256 gives two groups of
+# 128 per row; 224 px images give 64 image tokens.
+SYNTHVLM_ARCH = "qwen2_vl"
+SYNTHVLM_SIZES = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=512, vision_depth=2, vision_hidden=128, vision_heads=4)
+
 # Vision patch size per architecture; every one merges 2x2 patches into one language-model token.
 PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
 MERGE_SIZE = 2

@@ -90,6 +90,6 @@ def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: in
               "|---|---|---|---|---|"]
     for k, r in rows.items():
         secs = "" if r["seconds"] is None else f"{r['seconds']:.1f} s"
-        lines.append(f"| {k} | {r['accuracy']:.3f} | {r['agreement']:.3f} | {r['kl']:.4f} | {secs} |")
+        lines.append(f"| {k} | {r['accuracy']:.3f} | {r['agreement']:.3f} | {r['kl']:.2e} | {secs} |")
     lines += ["", f"checkpoints (standard GPTQ) written to {out}/<method>/"] + ([note] if note else [])
     return "\n".join(lines)

@@ -177,7 +177,11 @@ def is_quantized_checkpoint(model_dir) -> bool:
 
 
 def load_for_eval(model_dir, *, dtype: torch.dtype = torch.float32):
-    """(model, processor) for an FP transformers directory or a GPTQ checkpoint saved by GPTQModel."""
+    """(model, processor) for an FP transformers directory or a GPTQ checkpoint saved by GPTQModel.
+
+    A GPTQ checkpoint runs in `dtype` if that is fp16 or bf16, else in bf16: GPTQModel's TorchLinear,
+    the only CPU kernel for 2 and 3 bits, computes in half precision only.
+    """
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir = Path(model_dir)
@@ -188,7 +192,8 @@ def load_for_eval(model_dir, *, dtype: torch.dtype = torch.float32):
     if is_quantized_checkpoint(model_dir):
         from gptqmodel import GPTQModel
 
-        model = GPTQModel.load(str(model_dir), device="cpu", dtype=dtype)
+        half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+        model = GPTQModel.load(str(model_dir), device="cpu", dtype=half)
     else:
         model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=dtype)
     return model.eval(), processor

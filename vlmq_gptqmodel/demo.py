@@ -11,6 +11,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 from .compare import layer_output_errors, top1_agreement
 from .config import VLMQConfig
 from .evaluation import (
@@ -47,7 +49,8 @@ def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = Fal
         model_dir, note = demo_model_dir(Path(workdir))
         if note:
             log.info(note)
-        fp_model, processor = load_for_eval(model_dir)
+        # bf16 like the quantized models (TorchLinear runs in half precision): errors measure quantization only
+        fp_model, processor = load_for_eval(model_dir, dtype=torch.bfloat16)
         size = processor_image_size(processor)
         calib = calibration_conversations(n_calib, seed, image_size=size)
         samples = eval_samples(n_eval, seed, image_size=size)

@@ -217,7 +217,7 @@ def chart(runs, settings, seeds, path: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="FP model directory (default: the bundled synthvlm)")
+    p.add_argument("--model", help="FP model directory (default: the shipped synthvlm)")
     p.add_argument("--settings", default="w4g128,w3g128,w2g128,w4g32,w3g32,w2g32")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--calib", type=int, default=64, help="calibration images per seed")

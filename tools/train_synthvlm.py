@@ -1,4 +1,4 @@
-"""Train the shipped synthetic-world VLM (vlmq_gptqmodel/assets/synthvlm) from scratch on CPU.
+"""Train the synthetic-world VLM (shipped as vlmq_gptqmodel/assets/synthvlm) from scratch on CPU.
 
 A Qwen2-VL model (transformers' own class) learns the synthetic world through a curriculum: one big shape
 and "what colour / what shape" first, then more and smaller objects with existence, count and position

@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quantize", help="quantize a Qwen-VL model to a standard GPTQ checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--demo", action="store_true",
-                   help="offline demo on the bundled model and synthetic data: GPTQ vs GPTAQ vs VLMQ")
+                   help="offline demo on the built-in demo model and synthetic data: GPTQ vs GPTAQ vs VLMQ")
     q.add_argument("--model", help="model directory (a local save_pretrained folder)")
     q.add_argument("--calib", help="calibration records: .json/.jsonl (ShareGPT4V / COCO-caption) or a "
                                    "datasets save_to_disk folder")
@@ -87,7 +87,7 @@ def run_quantize(args) -> int:
     missing = [flag for flag, value in (("--model", args.model), ("--calib", args.calib), ("--out", args.out))
                if not value]
     if missing:
-        raise SystemExit(f"vlmq quantize: {', '.join(missing)} required (or --demo for the bundled example).")
+        raise SystemExit(f"vlmq quantize: {', '.join(missing)} required (or --demo for the built-in example).")
     if not (Path(args.model) / "config.json").is_file():
         raise SystemExit(f"vlmq quantize: --model {args.model} has no config.json; give a local model directory.")
     from .output_dir import check_output_dir, staged_output

@@ -8,10 +8,7 @@ from types import SimpleNamespace
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are decorated
-
-import pytest  # noqa: E402
+import pytest
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "linear_latency.py"
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

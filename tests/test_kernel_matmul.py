@@ -6,20 +6,16 @@ the tolerance is one output ulp. A single wrong code moves an output by |x_k| * 
 test_one_wrong_code_is_caught shows it.
 """
 import dataclasses
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are decorated
+import pytest
 
-import pytest  # noqa: E402
-
-from vlmq_gptqmodel.kernels import dispatch, layout, reference  # noqa: E402
-from vlmq_gptqmodel.kernels.gemm_tiled import gemm_tiled  # noqa: E402
-from vlmq_gptqmodel.kernels.gemv_splitk import gemv_splitk  # noqa: E402
-from vlmq_gptqmodel.kernels.linear import VLMQQuantLinear, kernels_unavailable_reason  # noqa: E402
-from vlmq_gptqmodel.kernels.synthetic import synthetic_gptq  # noqa: E402
+from vlmq_gptqmodel.kernels import dispatch, layout, reference
+from vlmq_gptqmodel.kernels.gemm_tiled import gemm_tiled
+from vlmq_gptqmodel.kernels.gemv_splitk import gemv_splitk
+from vlmq_gptqmodel.kernels.linear import VLMQQuantLinear, kernels_unavailable_reason
+from vlmq_gptqmodel.kernels.synthetic import synthetic_gptq
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 if kernels_unavailable_reason(DEVICE) is not None:

@@ -2,21 +2,17 @@
 
 The checkpoints come from conftest's `gptq_checkpoint` (GPTQModel quantizes the `tiny_vlm` model on CPU).
 """
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before the kernels are decorated
+import pytest
+from gptqmodel import BACKEND, GPTQModel
+from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+from PIL import Image
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
-import pytest  # noqa: E402
-from gptqmodel import BACKEND, GPTQModel  # noqa: E402
-from gptqmodel.nn_modules.qlinear.torch import TorchLinear  # noqa: E402
-from PIL import Image  # noqa: E402
-from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
-
-from vlmq_gptqmodel.glue import serving  # noqa: E402
-from vlmq_gptqmodel.kernels import VLMQQuantLinear, load_quantized  # noqa: E402
+from vlmq_gptqmodel.glue import serving
+from vlmq_gptqmodel.kernels import VLMQQuantLinear, load_quantized
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down

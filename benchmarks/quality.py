@@ -1,10 +1,13 @@
 """Quantization quality on the project's own VLM: FP, RTN, GPTQ, GPTAQ, VLMQ(gptq), VLMQ(gptaq) at
 W4/W3/W2, plus the paper's ablations as VLMQConfig switches, each over several calibration seeds.
 
-Every quantized model is saved as a GPTQ checkpoint, loaded back with GPTQModel (TorchLinear)
-and scored in bf16 on the held-out evaluation split (never used for training, calibration or any choice of
-settings): exact-match accuracy and the mean KL of the answer-token distributions against the FP model
-in the same dtype. Calibration samples for seed s are the same for every method.
+Every quantized model is saved as a GPTQ checkpoint and scored on the held-out evaluation split (never
+used for training, calibration or any choice of settings): exact-match accuracy and the mean KL of the
+answer-token distributions against the FP model. By default the saved checkpoint's weights are
+dequantized into the FP model and everything runs in fp32 (`--serve dequantized`: the same weights as
+served, without bf16 rounding, and many times faster on CPUs without bf16 units); `--serve gptqmodel`
+loads it with GPTQModel's TorchLinear and scores FP and quantized models in bf16. Calibration samples for
+seed s are the same for every method.
 
     python benchmarks/quality.py                 # everything; resumes from benchmarks/results/quality.json
     python benchmarks/quality.py --no-ablations --settings w3g32 --seeds 0
@@ -12,6 +15,7 @@ in the same dtype. Calibration samples for seed s are the same for every method.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import statistics
 import sys
@@ -24,15 +28,18 @@ import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
 from vlmq_gptqmodel.config import VLMQConfig
+from vlmq_gptqmodel.dequantized import load_dequantized
 from vlmq_gptqmodel.evaluation import eval_samples, evaluate, load_for_eval, processor_image_size, synthvlm_dir
 from vlmq_gptqmodel.rtn import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.world import calibration_conversations
 
 RESULTS = Path(__file__).resolve().parent / "results"
-# GPTQModel's TorchLinear (the only 2/3-bit CPU kernel) runs in half precision; FP is scored in the
-# same dtype so that the KL measures quantization, not rounding.
-DTYPE = torch.bfloat16
+# GPTQModel's TorchLinear (the only 2/3-bit CPU kernel) runs in half precision; with --serve gptqmodel
+# FP is scored in the same dtype so that the KL measures quantization, not rounding.
+SERVE_DTYPE = {"dequantized": torch.float32, "gptqmodel": torch.bfloat16}
+SERVED = {"dequantized": "each saved checkpoint's weights dequantized and scored in fp32, as is FP",
+          "gptqmodel": "each saved checkpoint loaded by GPTQModel (TorchLinear) and scored in bf16, as is FP"}
 
 MAIN = {  # label -> (runner method, VLMQ config)
     "GPTQ": ("gptq", None),
@@ -70,7 +77,8 @@ class Bench:
         self.model_dir = Path(args.model) if args.model else synthvlm_dir()
         self.store = Path(args.results) / "quality.json"
         self.runs = json.loads(self.store.read_text())["runs"] if self.store.exists() and not args.fresh else {}
-        self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=DTYPE)
+        self.dtype = SERVE_DTYPE[args.serve]
+        self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=self.dtype)
         self.size = processor_image_size(self.processor)
         self.samples = eval_samples(args.eval, seed=0, image_size=self.size)
         self.fp = evaluate(self.fp_model, self.processor, self.samples)
@@ -100,7 +108,10 @@ class Bench:
             seconds = time.perf_counter() - start
             report = getattr(model, "vlmq_report", None)
             del model
-            q_model, _ = load_for_eval(tmp, dtype=DTYPE)
+            if self.args.serve == "dequantized":
+                q_model = load_dequantized(tmp, copy.deepcopy(self.fp_model))
+            else:
+                q_model, _ = load_for_eval(tmp, dtype=self.dtype)
             result = evaluate(q_model, self.processor, self.samples, reference_logits=self.fp)
         self.record(key, result, seconds=seconds, g=summarize_g(report))
         print(f"{key}: acc {result.accuracy:.3f} kl {result.mean_kl:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
@@ -224,6 +235,8 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=100, help="held-out evaluation images (about 5 questions each)")
     p.add_argument("--dtype", default="float32",
                    help="layer dtype while quantizing (auto = GPTQModel's choice, bf16 on CPU)")
+    p.add_argument("--serve", choices=tuple(SERVE_DTYPE), default="dequantized",
+                   help="score checkpoints as dequantized fp32 weights, or through GPTQModel's TorchLinear in bf16")
     p.add_argument("--no-ablations", dest="ablations", action="store_false")
     p.add_argument("--ablation-settings", default="w3g32,w2g32")
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
@@ -249,8 +262,8 @@ def main() -> None:
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
     text = [f"# Quantization quality on synthvlm\n",
             f"{len(bench.fp.correct)} held-out questions ({args.eval} eval images), {args.calib} calibration "
-            f"images per seed, seeds {seeds}, quantized in {args.dtype}, act-order on, asymmetric, damp 0.01, models served by "
-            f"GPTQModel's TorchLinear (bf16) after save/load.\n",
+            f"images per seed, seeds {seeds}, quantized in {args.dtype}, act-order on, asymmetric, damp 0.01; "
+            f"{SERVED[args.serve]}.\n",
             "## Main table\n", main_table(runs, settings, seeds),
             "\n## VLMQ minus its precursor (paired by calibration seed)\n", delta_table(runs, settings, seeds)]
     if abl_settings:

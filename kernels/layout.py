@@ -124,6 +124,11 @@ def unpack_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int,
     )
 
 
+def from_saved_zeros(unpacked: GPTQCodes) -> GPTQCodes:
+    """True zero points from a saved `format="gptq"` checkpoint, which stores zero - 1 (mod 2^bits)."""
+    return replace(unpacked, zeros=(unpacked.zeros.long() + 1) % 2**unpacked.bits)
+
+
 def pack_gptq(unpacked: GPTQCodes) -> dict:
     """GPTQModel's packed tensors for `unpacked` (for tests and tools; not used when serving)."""
     return {

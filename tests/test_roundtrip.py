@@ -24,28 +24,10 @@ def _generate(qdir):
 def _zero_columns(qdir):
     """(quantized linears, input columns whose dequantized weight is entirely zero), read from the saved
     tensors: independent of which kernel GPTQModel picks on this machine."""
-    import dataclasses
-    import json
+    from vlmq_gptqmodel.dequantized import checkpoint_weights
 
-    from safetensors.torch import load_file
-
-    from vlmq_gptqmodel.kernels.layout import unpack_gptq
-    from vlmq_gptqmodel.kernels.reference import dequantize
-
-    qcfg = json.loads((qdir / "quantize_config.json").read_text())
-    bits, group_size = qcfg["bits"], qcfg["group_size"]
-    tensors = load_file(str(qdir / "model.safetensors"))
-    modules, zero = 0, 0
-    for name in (k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")):
-        scales, g_idx = tensors[f"{name}.scales"], tensors[f"{name}.g_idx"]
-        codes = unpack_gptq(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], scales, g_idx, bits, group_size,
-                            in_features=g_idx.numel(), out_features=scales.shape[1])
-        # the "gptq" (v1) format stores zero - 1
-        codes = dataclasses.replace(codes, zeros=(codes.zeros.long() + 1) % 2**bits)
-        w = dequantize(codes)  # [out, in]
-        modules += 1
-        zero += int((w.abs().sum(dim=0) == 0).sum())
-    return modules, zero
+    weights = checkpoint_weights(qdir)
+    return len(weights), sum(int((w.abs().sum(dim=0) == 0).sum()) for w in weights.values())
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])

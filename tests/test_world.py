@@ -8,7 +8,7 @@ from vlmq_gptqmodel import tiny_vlm
 from vlmq_gptqmodel.world import (
     CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, calibration_conversations, make_samples,
 )
-from vlmq_gptqmodel.world.render import RGB
+from vlmq_gptqmodel.world.render import RGB, TOKEN_PIXELS, anchor_tile, text_tiles
 from vlmq_gptqmodel.world.scene import SceneText
 from vlmq_gptqmodel.world.vocab import GRID_SIZE, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS
 
@@ -136,6 +136,36 @@ def test_pixels_show_each_item_in_its_cell_and_leave_most_tiles_plain():
         tiles = saturated.reshape(n, 28, n, 28).any(axis=(1, 3))
         plain_fraction.append(1 - tiles.mean())
     assert np.mean(plain_fraction) > 0.6
+
+
+def test_each_object_and_glyph_lies_inside_one_token_tile():
+    """One vision token per object or glyph (the layout the model learns from); no ink outside those tiles."""
+    for sample in make_samples("eval", 40):
+        pixels = np.asarray(sample.image).astype(int)
+        size = pixels.shape[0]
+        cell, n_tiles = size / GRID_SIZE, size // TOKEN_PIXELS
+        tile_of = {obj: (anchor_tile(obj.row, cell), anchor_tile(obj.col, cell)) for obj in sample.scene.objects}
+        ink_tiles = set(tile_of.values())
+        assert len(ink_tiles) == len(sample.scene.objects), sample.caption
+        for obj, tile in tile_of.items():
+            same_colour = {t for o, t in tile_of.items() if o.colour == obj.colour}
+            close = np.abs(pixels - np.array(RGB[obj.colour])).max(-1) < 30
+            rows, cols = np.nonzero(close)
+            tile_pixels = close[tile[0] * TOKEN_PIXELS:(tile[0] + 1) * TOKEN_PIXELS,
+                                tile[1] * TOKEN_PIXELS:(tile[1] + 1) * TOKEN_PIXELS]
+            assert tile_pixels.sum() >= 40, (sample.caption, obj)
+            assert set(zip(rows // TOKEN_PIXELS, cols // TOKEN_PIXELS)) <= same_colour, (sample.caption, obj)
+        if sample.scene.text is not None:
+            tiles = text_tiles(sample.scene.text, cell, n_tiles)
+            assert len(set(tiles)) == len(sample.scene.text.glyphs)
+            assert not set(tiles) & ink_tiles, sample.caption
+            ink_tiles |= set(tiles)
+            for row, col in tiles:
+                glyph = pixels[row * TOKEN_PIXELS:(row + 1) * TOKEN_PIXELS, col * TOKEN_PIXELS:(col + 1) * TOKEN_PIXELS]
+                assert (glyph.max(-1) < 90).sum() >= 10, (sample.caption, row, col)
+        dark = pixels.max(-1) < 90
+        rows, cols = np.nonzero(dark)
+        assert set(zip(rows // TOKEN_PIXELS, cols // TOKEN_PIXELS)) <= ink_tiles, sample.caption
 
 
 def test_calibration_conversations_are_captioned_images_in_gptqmodel_format():

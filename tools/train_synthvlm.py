@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from vlmq_gptqmodel import tiny_vlm
 from vlmq_gptqmodel.evaluation import evaluate
 from vlmq_gptqmodel.world import (
-    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, user_turn,
+    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, questions,
+    user_turn,
 )
 from vlmq_gptqmodel.world.render import render_scene
 from vlmq_gptqmodel.world.vocab import VOCAB
@@ -91,9 +92,11 @@ def build_fresh_model(args):
     return model, processor
 
 
-def training_conversation(sample, rng: np.random.Generator, with_caption: bool) -> list[dict]:
-    """All of a sample's questions as turns of one conversation (random order; the image in the first turn)."""
-    turns = [(qa.question, qa.answer) for qa in sample.qa]
+def training_conversation(sample, rng: np.random.Generator, with_caption: bool, kinds=()) -> list[dict]:
+    """All of a sample's questions, plus a second draw of `kinds` (new questions only), as turns of one
+    conversation in random order with the image in the first turn. The second draw doubles the count and
+    existence questions per image for the price of a few text tokens; the image is encoded once."""
+    turns = list(dict.fromkeys((qa.question, qa.answer) for qa in sample.qa + questions(sample.scene, rng, kinds)))
     if with_caption:
         turns.append((CAPTION_PROMPT, sample.caption))
     order = rng.permutation(len(turns))
@@ -137,7 +140,7 @@ class CurriculumStream:
             sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s)
             self.counters[s] += 1
             captions = STAGES[s - 1].captions and rng.random() < self.args.caption_probability
-            conversations.append(training_conversation(sample, rng, captions))
+            conversations.append(training_conversation(sample, rng, captions, STAGES[s - 1].kinds))
             images.append(sample.image)
         return conversations, images
 

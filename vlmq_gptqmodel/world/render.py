@@ -4,10 +4,12 @@ The background is lit from the top left: it darkens towards the bottom and shift
 towards the right, as lighting does in photographs. Qwen2-VL's vision tower has only relative (rotary)
 positions, so this shading is what lets a small model tell where an object is from the pixels around it.
 
-Each item is centred (within a couple of pixels) on a corner of the 28 px grid of Qwen-VL's merged
-patches, nearest its grid cell's centre, so every vision token holds the same part of an object (a
-quadrant) wherever it is. Placed at random, a from-scratch two-block ViT needed ~2000 steps (64k images)
-to tell the shapes apart; aligned, shape becomes a local pattern inside each token.
+Each object fits inside one image token: it is drawn (within a pixel) at the centre of the 28 px tile of
+Qwen-VL's merged patches nearest its grid cell's centre (its "anchor" tile). Text is one glyph per tile,
+in consecutive tiles of the anchor row. So one vision token holds one whole object or glyph and the
+other tokens are background. Two earlier layouts were measured (tools/TRAINING.md): placed at random, a
+from-scratch two-block ViT needed ~2000 steps to tell the shapes apart; centred on tile corners (each
+object split over four tokens), count and existence questions stayed at the answer prior for 1000+ steps.
 """
 from __future__ import annotations
 
@@ -21,13 +23,12 @@ RGB = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
     "yellow": (235, 200, 30), "purple": (140, 60, 180), "orange": (245, 130, 20),
 }
-# Object extent as a fraction of a grid cell's side: big fits 2x2 tokens, small sits in the middle of them.
-SIZE_FRACTION = {"small": (0.30, 0.36), "big": (0.64, 0.72)}
 TOKEN_PIXELS = 28  # patch 14 x merge 2
-JITTER_PIXELS = 2
+# Object side as a fraction of a token tile: big nearly fills it, small covers about a quarter of it.
+SIZE_FRACTION = {"small": (0.46, 0.54), "big": (0.80, 0.88)}
+JITTER_PIXELS = 1
 COLOUR_JITTER = 12
-# Font size as a fraction of a grid cell: 20 px glyphs (about 12 px wide) in a 56 px cell at 168 px.
-FONT_FRACTION = 20 / 56
+FONT_SIZE = 22  # glyphs about 13 x 15 px, one per 28 px tile
 
 
 # Lighting: brightness falls by DARKENING from top to bottom; red rises and blue falls by TINT left to right.
@@ -50,20 +51,29 @@ def _jittered(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int,
     return tuple(int(np.clip(c + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255)) for c in rgb)
 
 
-def anchor(index: int, cell: float) -> float:
-    """Token-grid line nearest the centre of grid cell `index` (along one axis)."""
-    return round((index + 0.5) * cell / TOKEN_PIXELS) * TOKEN_PIXELS
+def anchor_tile(index: int, cell: float) -> int:
+    """Index of the token tile containing grid cell `index`'s centre (along one axis)."""
+    return int((index + 0.5) * cell // TOKEN_PIXELS)
 
 
-def _place(rng: np.random.Generator, row: int, col: int, cell: float, width: float, height: float):
-    """Top-left corner of a width x height box centred, up to the jitter, on cell (row, col)'s anchor."""
+def _centred_box(rng: np.random.Generator, tile_row: int, tile_col: int, width: float, height: float):
+    """Top-left corner of a width x height box centred, up to the jitter, in token tile (tile_row, tile_col)."""
     jitter = rng.uniform(-JITTER_PIXELS, JITTER_PIXELS, size=2)
-    return anchor(col, cell) - width / 2 + jitter[0], anchor(row, cell) - height / 2 + jitter[1]
+    return ((tile_col + 0.5) * TOKEN_PIXELS - width / 2 + jitter[0],
+            (tile_row + 0.5) * TOKEN_PIXELS - height / 2 + jitter[1])
+
+
+def text_tiles(text: SceneText, cell: float, n_tiles: int) -> list[tuple[int, int]]:
+    """Tiles of the glyphs: consecutive in the anchor row, centred on the anchor tile, kept inside the image."""
+    n = len(text.glyphs)
+    start = min(max(0, anchor_tile(text.col, cell) - (n - 1) // 2), n_tiles - n)
+    row = anchor_tile(text.row, cell)
+    return [(row, start + i) for i in range(n)]
 
 
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, rng: np.random.Generator, cell: float) -> None:
-    side = cell * rng.uniform(*SIZE_FRACTION[obj.size])
-    x, y = _place(rng, obj.row, obj.col, cell, side, side)
+    side = TOKEN_PIXELS * rng.uniform(*SIZE_FRACTION[obj.size])
+    x, y = _centred_box(rng, anchor_tile(obj.row, cell), anchor_tile(obj.col, cell), side, side)
     fill = _jittered(RGB[obj.colour], rng)
     box = (x, y, x + side, y + side)
     if obj.shape == "circle":
@@ -80,12 +90,14 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, rng: np.random.Gen
         raise ValueError(f"unknown shape {obj.shape!r}")
 
 
-def _draw_text(draw: ImageDraw.ImageDraw, text: SceneText, rng: np.random.Generator, cell: float) -> None:
-    font = ImageFont.load_default(size=max(8, round(cell * FONT_FRACTION)))
-    left, top, right, bottom = font.getbbox(text.glyphs)
-    x, y = _place(rng, text.row, text.col, cell, right - left, bottom - top)
+def _draw_text(draw: ImageDraw.ImageDraw, text: SceneText, rng: np.random.Generator, cell: float,
+               n_tiles: int) -> None:
+    font = ImageFont.load_default(size=FONT_SIZE)
     shade = int(rng.integers(10, 60))
-    draw.text((x - left, y - top), text.glyphs, fill=(shade, shade, shade), font=font)
+    for glyph, (tile_row, tile_col) in zip(text.glyphs, text_tiles(text, cell, n_tiles)):
+        left, top, right, bottom = font.getbbox(glyph)
+        x, y = _centred_box(rng, tile_row, tile_col, right - left, bottom - top)
+        draw.text((x - left, y - top), glyph, fill=(shade, shade, shade), font=font)
 
 
 def render_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> Image.Image:
@@ -96,5 +108,5 @@ def render_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> Ima
     for obj in scene.objects:
         _draw_object(draw, obj, rng, cell)
     if scene.text is not None:
-        _draw_text(draw, scene.text, rng, cell)
+        _draw_text(draw, scene.text, rng, cell, image_size // TOKEN_PIXELS)
     return image

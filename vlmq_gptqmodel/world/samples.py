@@ -46,8 +46,8 @@ def make_samples(split: str, n: int, seed: int = 0, *, image_size: int = DEFAULT
     """Samples start..start+n-1 of `split`; `stage` picks a curriculum stage (None: the full distribution)."""
     if n < 0 or start < 0:
         raise ValueError(f"n={n} and start={start} must be >= 0")
-    if image_size < 42:
-        raise ValueError(f"image_size={image_size} is too small to draw a 3x3 grid of objects; use >= 42")
+    if image_size < 84:
+        raise ValueError(f"image_size={image_size} is too small for a 3x3 grid of 28 px token tiles; use >= 84")
     return [make_sample(split, start + i, seed, image_size=image_size, stage=stage) for i in range(n)]
 
 

@@ -26,12 +26,13 @@ class Stage:
     captions: bool
 
 
-# Stage 1: one big shape, "what colour/shape"; each later stage adds objects, sizes, kinds, text.
+# Stage 1: one big shape, "what colour/shape"; each later stage adds objects, sizes, kinds, text. Captions
+# (every object's size, colour, shape and place, in reading order) start with the position question.
 # The last stage is the evaluation and calibration distribution.
 STAGES = (
     Stage(1, 1, ("big",), 0.0, ("colour", "shape"), False),
     Stage(1, 2, SIZES, 0.0, ("colour", "shape", "exists", "count"), False),
-    Stage(1, 4, SIZES, 0.0, ("colour", "shape", "exists", "count", "position"), False),
+    Stage(1, 4, SIZES, 0.0, ("colour", "shape", "exists", "count", "position"), True),
     Stage(0, 3, SIZES, 1.0, QUESTION_KINDS, True),
     Stage(1, 4, SIZES, 0.5, QUESTION_KINDS, True),
 )

@@ -92,17 +92,24 @@ def build_fresh_model(args):
     return model, processor
 
 
+# Count and existence questions need the model to look at every object; one of each per image left them at
+# the answer prior for 1000+ steps (tools/TRAINING.md). Each training image asks this many of each instead.
+AGGREGATE_KINDS = ("count", "exists")
+AGGREGATE_DRAWS = 3
+
+
 def training_conversation(sample, rng: np.random.Generator, with_caption: bool, kinds=()) -> list[dict]:
-    """All of a sample's questions, plus a second draw of `kinds` (new questions only), as turns of one
-    conversation in random order with the image in the first turn. The second draw doubles the count and
-    existence questions per image for the price of a few text tokens; the image is encoded once."""
-    turns = list(dict.fromkeys((qa.question, qa.answer) for qa in sample.qa + questions(sample.scene, rng, kinds)))
+    """One conversation per image (encoded once): the sample's questions plus up to AGGREGATE_DRAWS - 1 more
+    count/existence questions from `kinds` (distinct questions only), in random order with the image in the
+    first turn, and the caption (if any) last so that it never gives away an answer."""
+    aggregate = [k for k in kinds if k in AGGREGATE_KINDS]
+    extra = [qa for _ in range(AGGREGATE_DRAWS - 1) for qa in questions(sample.scene, rng, aggregate)]
+    turns = list(dict.fromkeys((qa.question, qa.answer) for qa in sample.qa + extra))
+    turns = [turns[j] for j in rng.permutation(len(turns))]
     if with_caption:
         turns.append((CAPTION_PROMPT, sample.caption))
-    order = rng.permutation(len(turns))
     conversation = []
-    for i, j in enumerate(order):
-        question, answer = turns[j]
+    for i, (question, answer) in enumerate(turns):
         user = user_turn(sample.image, question) if i == 0 else {"role": "user", "content": [
             {"type": "text", "text": question}]}
         conversation += [user, assistant_turn(answer)]

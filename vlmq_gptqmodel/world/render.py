@@ -1,7 +1,7 @@
 """Draw a scene: a light, lightly textured background (the redundant vision tokens) with small items on it.
 
-The background is lit from the top left: it darkens towards the bottom and shifts from warm to cool
-towards the right, as lighting does in photographs. Qwen2-VL's vision tower has only relative (rotary)
+The background is lit from the top left: it darkens and turns greener towards the bottom and shifts from
+warm to cool towards the right, as lighting does in photographs. Qwen2-VL's vision tower has only relative (rotary)
 positions, so this shading is what lets a small model tell where an object is from the pixels around it.
 
 Each object fits inside one image token: it is drawn (within a pixel) at the centre of the 28 px tile of
@@ -31,16 +31,20 @@ COLOUR_JITTER = 12
 FONT_SIZE = 22  # glyphs about 13 x 15 px, one per 28 px tile
 
 
-# Lighting: brightness falls by DARKENING from top to bottom; red rises and blue falls by TINT left to right.
+# Lighting: brightness falls by DARKENING from top to bottom; red rises and blue falls by TINT left to right;
+# green rises by ROW_TINT from top to bottom. The tints are differences between channels, so the random
+# overall brightness of an image (and its grey blotches) cannot hide them.
 DARKENING = 40.0
 TINT = 24.0
+ROW_TINT = 24.0
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     """A light colour, shaded by the fixed lighting, with faint blotches and pixel noise."""
     base = rng.uniform(212, 222) + rng.uniform(-3, 3, size=3)
     ramp = np.linspace(-0.5, 0.5, size)
-    shading = -DARKENING * ramp[:, None, None] + TINT * ramp[None, :, None] * np.array([1.0, 0.0, -1.0])
+    shading = (-DARKENING * ramp[:, None, None] + ROW_TINT * ramp[:, None, None] * np.array([0.0, 1.0, 0.0])
+               + TINT * ramp[None, :, None] * np.array([1.0, 0.0, -1.0]))
     coarse = rng.normal(0, 3, size=(6, 6)).astype(np.float32)
     blotches = np.asarray(Image.fromarray(coarse).resize((size, size), Image.BILINEAR))[..., None]
     noise = rng.normal(0, 2, size=(size, size, 3))

@@ -11,10 +11,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_synthvlm  # noqa: E402
 
 from vlmq_gptqmodel import evaluation  # noqa: E402
-from vlmq_gptqmodel.world import FINAL_STAGE  # noqa: E402
+from vlmq_gptqmodel.world import CAPTION_PROMPT, FINAL_STAGE, STAGES, make_samples  # noqa: E402
 
 TINY = ["--hidden", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
-        "--vision-depth", "1", "--vision-hidden", "32", "--vision-heads", "2", "--image-size", "56",
+        "--vision-depth", "1", "--vision-hidden", "32", "--vision-heads", "2", "--image-size", "84",
         "--batch-size", "2", "--warmup", "1", "--max-stage-steps", "1", "--eval-every", "1",
         "--final-steps", "1", "--val-samples", "1"]
 
@@ -28,7 +28,7 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
     saved = json.loads((export / "config.json").read_text())
     assert saved.get("dtype", saved.get("torch_dtype")) == "float16"
     model, processor = evaluation.load_for_eval(export)
-    assert evaluation.processor_image_size(processor) == 56
+    assert evaluation.processor_image_size(processor) == 84
     steps = torch.load(out / "ckpt.pt", weights_only=False)["step"]
 
     assert train_synthvlm.main(["--out", str(out), *TINY]) == 0  # already finished: nothing more to train
@@ -48,3 +48,24 @@ def test_loss_mask_covers_exactly_the_assistant_answers():
     ids = tok(processor.apply_chat_template(conversation, tokenize=False), return_tensors="pt")["input_ids"]
     mask = train_synthvlm.assistant_mask(ids, tok)
     assert tok.convert_ids_to_tokens(ids[0][mask[0]].tolist()) == ["red", "<|im_end|>", "two", "<|im_end|>"]
+
+
+def test_training_rows_are_single_questions_in_the_evaluation_format():
+    import numpy as np
+
+    from vlmq_gptqmodel.world import user_turn
+
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
+    stream = train_synthvlm.CurriculumStream(args)
+    conversations, images = stream.batch(FINAL_STAGE, np.random.default_rng(0))
+    assert len(conversations) == len(images) == 40
+    kinds = []
+    for conversation, image in zip(conversations, images):
+        user, assistant = conversation
+        question = user["content"][0]["text"]
+        assert user == user_turn(image, question)  # exactly what evaluation and calibration send
+        assert assistant["role"] == "assistant"
+        kinds.append("caption" if question == CAPTION_PROMPT else question.split()[0] + " " + question.split()[1])
+    # rows come in pairs per image, never the same question twice
+    assert all(images[i] is images[i + 1] and conversations[i] != conversations[i + 1] for i in range(0, 40, 2))
+    assert {"caption", "what colour", "what shape", "where is", "what does"} <= set(kinds)

@@ -7,6 +7,7 @@ import pytest
 from vlmq_gptqmodel import tiny_vlm
 from vlmq_gptqmodel.world import (
     CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, calibration_conversations, make_samples,
+    questions,
 )
 from vlmq_gptqmodel.world.render import RGB, TOKEN_PIXELS, anchor_tile, text_tiles
 from vlmq_gptqmodel.world.scene import SceneText
@@ -51,9 +52,11 @@ def test_bad_arguments_name_the_problem():
 def test_every_word_is_in_the_vocabulary(stage):
     tokenizer = tiny_vlm.build_tokenizer(VOCAB)
     texts = [CAPTION_PROMPT]
+    rng = np.random.default_rng(stage)
     for sample in make_samples("train", 60, stage=stage):
         texts.append(sample.caption)
-        texts += [t for qa in sample.qa for t in (qa.question, qa.answer)]
+        asked = sample.qa + questions(sample.scene, rng, ("count", "exists"))
+        texts += [t for qa in asked for t in (qa.question, qa.answer)]
     for text in texts:
         assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
 
@@ -93,9 +96,14 @@ def _check_answer(sample, qa):
 
 def test_answers_and_captions_agree_with_the_scene():
     samples = make_samples("eval", 150)
+    rng = np.random.default_rng(0)
+    count_and_exists = []  # asked on request only (not in QUESTION_KINDS); checked all the same
     for sample in samples:
+        count_and_exists += [(sample, qa) for qa in questions(sample.scene, rng, ("count", "exists"))]
         for qa in sample.qa:
             _check_answer(sample, qa)
+    for sample, qa in count_and_exists:
+        _check_answer(sample, qa)
         assert sample.caption.endswith(" .")
         parts = sample.caption[:-2].replace(" and ", " , ").split(" , ")
         items = sample.scene.items_in_reading_order()
@@ -107,7 +115,7 @@ def test_answers_and_captions_agree_with_the_scene():
                 assert words[0] == "text" and "".join(words[1:1 + len(item.glyphs)]) == item.glyphs
             else:
                 assert words[:3] == [item.size, item.colour, item.shape]
-    exists = Counter(qa.answer for s in samples for qa in s.qa if qa.kind == "exists")
+    exists = Counter(qa.answer for _, qa in count_and_exists if qa.kind == "exists")
     assert 0.35 < exists["yes"] / sum(exists.values()) < 0.65
     positions = Counter(qa.answer for s in samples for qa in s.qa if qa.kind == "position")
     assert len(positions) == GRID_SIZE * GRID_SIZE
@@ -174,13 +182,13 @@ def test_calibration_conversations_are_captioned_images_in_gptqmodel_format():
     for conv, sample in zip(convs, calib):
         user, assistant = conv
         assert user["role"] == "user" and assistant["role"] == "assistant"
-        assert [item["type"] for item in user["content"]] == ["image", "text"]
-        assert user["content"][1]["text"] == CAPTION_PROMPT
-        assert np.array_equal(np.asarray(user["content"][0]["image"]), np.asarray(sample.image))
+        assert [item["type"] for item in user["content"]] == ["text", "image"]  # the prompt first (user_turn)
+        assert user["content"][0]["text"] == CAPTION_PROMPT
+        assert np.array_equal(np.asarray(user["content"][1]["image"]), np.asarray(sample.image))
         assert assistant["content"] == [{"type": "text", "text": sample.caption}]
     processor = tiny_vlm.build_processor(tiny_vlm.build_tokenizer(VOCAB), "qwen2_vl", DEFAULT_IMAGE_SIZE)
     text = processor.apply_chat_template(convs[0], tokenize=False)
-    enc = processor(text=[text], images=[convs[0][0]["content"][0]["image"]], return_tensors="pt")
+    enc = processor(text=[text], images=[convs[0][0]["content"][1]["image"]], return_tensors="pt")
     ids = enc["input_ids"][0].tolist()
     image_tokens = ids.count(processor.tokenizer.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD))
     # The paper's premise: vision tokens clearly outnumber the text tokens of a calibration sample.

@@ -1,8 +1,8 @@
 """Train the synthetic-world VLM (shipped as vlmq_gptqmodel/assets/synthvlm) from scratch on CPU.
 
 A Qwen2-VL model (transformers' own class) learns the synthetic world through a curriculum: one big shape
-and "what colour / what shape" first, then more and smaller objects with existence, count and position
-questions, then text reading and captions. A stage ends when held-out accuracy on its questions reaches
+and "what colour / what shape" first, then more and smaller objects with position questions and
+captions, then text reading. A stage ends when held-out accuracy on its questions reaches
 --advance-at (or after --max-stage-steps); each batch replays earlier stages so nothing is forgotten.
 Validation uses a separate seed of the train split; the evaluation split is never looked at here.
 
@@ -31,8 +31,7 @@ import torch.nn.functional as F
 from vlmq_gptqmodel import tiny_vlm
 from vlmq_gptqmodel.evaluation import evaluate
 from vlmq_gptqmodel.world import (
-    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, questions,
-    user_turn,
+    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, user_turn,
 )
 from vlmq_gptqmodel.world.render import render_scene
 from vlmq_gptqmodel.world.vocab import VOCAB
@@ -57,13 +56,13 @@ def parse_args(argv=None):
     p.add_argument("--vision-depth", type=int, default=SIZES["vision_depth"])
     p.add_argument("--vision-hidden", type=int, default=SIZES["vision_hidden"])
     p.add_argument("--vision-heads", type=int, default=SIZES["vision_heads"])
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=48, help="rows (single-question conversations) per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
     p.add_argument("--caption-probability", type=float, default=0.3,
-                   help="share of examples with a caption turn, in stages that train captions")
+                   help="share of images whose question pool includes the caption, in stages that train captions")
     p.add_argument("--advance-at", type=float, default=0.9, help="validation accuracy that ends a stage")
     p.add_argument("--max-stage-steps", type=int, default=800)
     p.add_argument("--final-steps", type=int, default=2000, help="steps in the last stage (cosine LR decay)")
@@ -92,28 +91,19 @@ def build_fresh_model(args):
     return model, processor
 
 
-# Count and existence questions need the model to look at every object; one of each per image left them at
-# the answer prior for 1000+ steps (tools/TRAINING.md). Each training image asks this many of each instead.
-AGGREGATE_KINDS = ("count", "exists")
-AGGREGATE_DRAWS = 3
+ROWS_PER_IMAGE = 2
 
 
-def training_conversation(sample, rng: np.random.Generator, with_caption: bool, kinds=()) -> list[dict]:
-    """One conversation per image (encoded once): the sample's questions plus up to AGGREGATE_DRAWS - 1 more
-    count/existence questions from `kinds` (distinct questions only), in random order with the image in the
-    first turn, and the caption (if any) last so that it never gives away an answer."""
-    aggregate = [k for k in kinds if k in AGGREGATE_KINDS]
-    extra = [qa for _ in range(AGGREGATE_DRAWS - 1) for qa in questions(sample.scene, rng, aggregate)]
-    turns = list(dict.fromkeys((qa.question, qa.answer) for qa in sample.qa + extra))
-    turns = [turns[j] for j in rng.permutation(len(turns))]
+def training_rows(sample, rng: np.random.Generator, with_caption: bool) -> list[list[dict]]:
+    """Up to ROWS_PER_IMAGE single-question conversations about one image, in the evaluation's format, drawn
+    without repeats from the sample's questions and (with_caption) its caption. One question per
+    conversation: in a multi-turn one, later questions come after the image (so image tokens cannot see
+    them) and earlier answers give later ones away."""
+    pool = [(qa.question, qa.answer) for qa in sample.qa]
     if with_caption:
-        turns.append((CAPTION_PROMPT, sample.caption))
-    conversation = []
-    for i, (question, answer) in enumerate(turns):
-        user = user_turn(sample.image, question) if i == 0 else {"role": "user", "content": [
-            {"type": "text", "text": question}]}
-        conversation += [user, assistant_turn(answer)]
-    return conversation
+        pool.append((CAPTION_PROMPT, sample.caption))
+    picks = rng.choice(len(pool), size=min(ROWS_PER_IMAGE, len(pool)), replace=False)
+    return [[user_turn(sample.image, pool[j][0]), assistant_turn(pool[j][1])] for j in picks]
 
 
 def assistant_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -141,14 +131,17 @@ class CurriculumStream:
         self.counters = counters or {s: 0 for s in range(1, FINAL_STAGE + 1)}
 
     def batch(self, stage: int, rng: np.random.Generator):
+        """batch_size single-question conversations (rows) and their images, ROWS_PER_IMAGE per image."""
         conversations, images = [], []
-        for _ in range(self.args.batch_size):
+        while len(conversations) < self.args.batch_size:
             s = stage if stage == 1 or rng.random() >= self.args.replay else int(rng.integers(1, stage))
             sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s)
             self.counters[s] += 1
             captions = STAGES[s - 1].captions and rng.random() < self.args.caption_probability
-            conversations.append(training_conversation(sample, rng, captions, STAGES[s - 1].kinds))
-            images.append(sample.image)
+            rows = training_rows(sample, rng, captions)
+            rows = rows[:self.args.batch_size - len(conversations)]
+            conversations += rows
+            images += [sample.image] * len(rows)
         return conversations, images
 
 

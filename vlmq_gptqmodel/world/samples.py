@@ -52,7 +52,11 @@ def make_samples(split: str, n: int, seed: int = 0, *, image_size: int = DEFAULT
 
 
 def user_turn(image: Image.Image, text: str) -> dict:
-    return {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}
+    """The question (or caption prompt) first, then the image. In a causal LM every image token can then see
+    what is asked and mark itself as matching or not; with the image first, the answer position has to find
+    the asked-about objects among all image tokens itself, and a from-scratch model stayed at the answer
+    prior on count and existence questions for 1000+ steps that way (tools/TRAINING.md)."""
+    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image", "image": image}]}
 
 
 def assistant_turn(text: str) -> dict:

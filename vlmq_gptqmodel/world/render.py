@@ -35,8 +35,8 @@ FONT_SIZE = 22  # glyphs about 13 x 15 px, one per 28 px tile
 # green rises by ROW_TINT from top to bottom. The tints are differences between channels, so the random
 # overall brightness of an image (and its grey blotches) cannot hide them.
 DARKENING = 40.0
-TINT = 24.0
-ROW_TINT = 24.0
+TINT = 48.0
+ROW_TINT = 48.0
 
 
 def _background(rng: np.random.Generator, size: int) -> np.ndarray:

@@ -15,7 +15,6 @@ seed s are the same for every method.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import statistics
 import sys
@@ -109,7 +108,7 @@ class Bench:
             report = getattr(model, "vlmq_report", None)
             del model
             if self.args.serve == "dequantized":
-                q_model = load_dequantized(tmp, copy.deepcopy(self.fp_model))
+                q_model = load_dequantized(tmp, self.fp_model)
             else:
                 q_model, _ = load_for_eval(tmp, dtype=self.dtype)
             result = evaluate(q_model, self.processor, self.samples, reference_logits=self.fp)

@@ -5,13 +5,14 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_synthvlm  # noqa: E402
 
 from vlmq_gptqmodel import evaluation  # noqa: E402
-from vlmq_gptqmodel.world import CAPTION_PROMPT, FINAL_STAGE, STAGES, make_samples  # noqa: E402
+from vlmq_gptqmodel.world import CAPTION_PROMPT, FINAL_STAGE, user_turn  # noqa: E402
 
 TINY = ["--hidden", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
         "--vision-depth", "1", "--vision-hidden", "32", "--vision-heads", "2", "--image-size", "84",
@@ -51,10 +52,6 @@ def test_loss_mask_covers_exactly_the_assistant_answers():
 
 
 def test_training_rows_are_single_questions_in_the_evaluation_format():
-    import numpy as np
-
-    from vlmq_gptqmodel.world import user_turn
-
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
     stream = train_synthvlm.CurriculumStream(args)
     conversations, images = stream.batch(FINAL_STAGE, np.random.default_rng(0))

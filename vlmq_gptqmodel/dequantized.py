@@ -8,6 +8,7 @@ checkpoints this way; the serving path itself is tested in tests/test_roundtrip.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -42,17 +43,21 @@ def checkpoint_weights(qdir) -> dict[str, torch.Tensor]:
 
 
 def load_dequantized(qdir, fp_model):
-    """`fp_model` (modified in place) with the dequantized weights of every linear quantized in `qdir`."""
+    """A copy of `fp_model` whose linears quantized in `qdir` hold their dequantized weights (like
+    rtn.apply_rtn, the FP model is left untouched, also when a mismatch is found)."""
     weights = checkpoint_weights(qdir)
     modules = dict(fp_model.named_modules())
     missing = sorted(set(weights) - set(modules))
     if missing:
         raise ValueError(f"{qdir} quantizes modules the FP model does not have (e.g. {missing[0]}): "
                          "pass the FP model the checkpoint was quantized from")
+    for name, weight in weights.items():
+        if modules[name].weight.shape != weight.shape:
+            raise ValueError(f"{name}: checkpoint weight {tuple(weight.shape)} vs model "
+                             f"{tuple(modules[name].weight.shape)}; pass the FP model the checkpoint was quantized from")
+    model = copy.deepcopy(fp_model)
+    targets = dict(model.named_modules())
     with torch.no_grad():
         for name, weight in weights.items():
-            target = modules[name].weight
-            if target.shape != weight.shape:
-                raise ValueError(f"{name}: checkpoint weight {tuple(weight.shape)} vs model {tuple(target.shape)}")
-            target.copy_(weight.to(target.dtype))
-    return fp_model
+            targets[name].weight.copy_(weight.to(targets[name].weight.dtype))
+    return model

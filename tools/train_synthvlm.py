@@ -1,8 +1,9 @@
 """Train the synthetic-world VLM (shipped as vlmq_gptqmodel/assets/synthvlm) from scratch on CPU.
 
 A Qwen2-VL model (transformers' own class) learns the synthetic world through a curriculum: one big shape
-and "what colour / what shape" first, then more and smaller objects with position questions and
-captions, then text reading. A stage ends when held-out accuracy on its questions reaches
+and "what colour / what shape" first, then two or three objects of both sizes (the object asked about
+has to be found among them), then the final distribution with position and text questions and
+captions (world.STAGES). A stage ends when held-out accuracy on its questions reaches
 --advance-at (or after --max-stage-steps); each batch replays earlier stages so nothing is forgotten.
 Validation uses a separate seed of the train split; the evaluation split is never looked at here.
 

@@ -42,6 +42,9 @@ def checkpoint_weights(qdir) -> dict[str, torch.Tensor]:
     return weights
 
 
+SAME_MODEL = "pass the FP model the checkpoint was quantized from"
+
+
 def load_dequantized(qdir, fp_model):
     """A copy of `fp_model` whose linears quantized in `qdir` hold their dequantized weights (like
     rtn.apply_rtn, the FP model is left untouched, also when a mismatch is found)."""
@@ -49,12 +52,11 @@ def load_dequantized(qdir, fp_model):
     modules = dict(fp_model.named_modules())
     missing = sorted(set(weights) - set(modules))
     if missing:
-        raise ValueError(f"{qdir} quantizes modules the FP model does not have (e.g. {missing[0]}): "
-                         "pass the FP model the checkpoint was quantized from")
+        raise ValueError(f"{qdir} quantizes modules the FP model does not have (e.g. {missing[0]}); {SAME_MODEL}")
     for name, weight in weights.items():
         if modules[name].weight.shape != weight.shape:
             raise ValueError(f"{name}: checkpoint weight {tuple(weight.shape)} vs model "
-                             f"{tuple(modules[name].weight.shape)}; pass the FP model the checkpoint was quantized from")
+                             f"{tuple(modules[name].weight.shape)}; {SAME_MODEL}")
     model = copy.deepcopy(fp_model)
     targets = dict(model.named_modules())
     with torch.no_grad():

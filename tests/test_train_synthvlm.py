@@ -27,6 +27,7 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     stages = [entry["stage"] for entry in log if "stage" in entry]
     assert stages == sorted(stages) and set(stages) == set(range(1, FINAL_STAGE + 1))
+    assert all(0 < entry["tile_loss"] < 10 for entry in log if "stage" in entry)
     saved = json.loads((export / "config.json").read_text())
     assert saved.get("dtype", saved.get("torch_dtype")) == "float16"
     model, processor = evaluation.load_for_eval(export)
@@ -35,6 +36,23 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
 
     assert train_synthvlm.main(["--out", str(out), *TINY]) == 0  # already finished: nothing more to train
     assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == steps
+
+
+def test_tile_probe_sees_one_vision_token_per_tile_of_every_row():
+    """The hooked vision tokens line up with tile_labels: one per tile, rows in batch order."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    tokens = train_synthvlm.VisionTokens(model)
+    conversations, images, scenes = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, conversations, images)
+    batch.pop("labels_mask")
+    with torch.no_grad():
+        model(**batch)
+    n_tiles = args.image_size // 28
+    assert tokens.tokens.shape == (len(conversations) * n_tiles ** 2, args.hidden)
+    per_row = tokens.tokens.reshape(len(conversations), n_tiles ** 2, -1)
+    for i, j in itertools.combinations(range(len(conversations)), 2):  # rows of one image share its tokens
+        assert torch.allclose(per_row[i], per_row[j]) == (images[i] is images[j])
 
 
 def test_loss_mask_covers_exactly_the_assistant_answers():
@@ -55,8 +73,9 @@ def test_loss_mask_covers_exactly_the_assistant_answers():
 def test_training_rows_are_single_questions_in_the_evaluation_format():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
     stream = train_synthvlm.CurriculumStream(args)
-    conversations, images = stream.batch(FINAL_STAGE, np.random.default_rng(0))
-    assert len(conversations) == len(images) == 40
+    conversations, images, scenes = stream.batch(FINAL_STAGE, np.random.default_rng(0))
+    assert len(conversations) == len(images) == len(scenes) == 40
+    assert all((a is b) == (sa is sb) for (a, sa), (b, sb) in itertools.combinations(zip(images, scenes), 2))
     kinds, questions = [], []
     for conversation, image in zip(conversations, images):
         user, assistant = conversation

@@ -9,7 +9,7 @@ from vlmq_gptqmodel.world import (
     CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, calibration_conversations, make_samples,
     questions,
 )
-from vlmq_gptqmodel.world.render import RGB, TOKEN_PIXELS, anchor_tile, text_tiles
+from vlmq_gptqmodel.world.render import RGB, TILE_ATTRIBUTES, TOKEN_PIXELS, anchor_tile, text_tiles, tile_labels
 from vlmq_gptqmodel.world.scene import SceneText
 from vlmq_gptqmodel.world.vocab import GRID_SIZE, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS
 
@@ -174,6 +174,39 @@ def test_each_object_and_glyph_lies_inside_one_token_tile():
         dark = pixels.max(-1) < 90
         rows, cols = np.nonzero(dark)
         assert set(zip(rows // TOKEN_PIXELS, cols // TOKEN_PIXELS)) <= ink_tiles, sample.caption
+
+
+def test_tile_labels_name_what_each_image_token_holds():
+    """The training script's per-token targets: labelled tiles are exactly the inked ones, with the right items."""
+    for sample in make_samples("eval", 40):
+        pixels = np.asarray(sample.image).astype(int)
+        n = pixels.shape[0] // TOKEN_PIXELS
+        labels = tile_labels(sample.scene, pixels.shape[0]).reshape(n, n, len(TILE_ATTRIBUTES))
+        inked = ((pixels.max(-1) - pixels.min(-1) > 90) | (pixels.max(-1) < 90)).reshape(n, TOKEN_PIXELS, n, TOKEN_PIXELS)
+        assert np.array_equal(labels.any(-1), inked.any(axis=(1, 3))), sample.caption
+        cell = pixels.shape[0] / GRID_SIZE
+        for obj in sample.scene.objects:
+            got = labels[anchor_tile(obj.row, cell), anchor_tile(obj.col, cell)]
+            assert [TILE_ATTRIBUTES[k][i - 1] for k, i in zip(("colour", "shape", "size"), got[:3])] == [
+                obj.colour, obj.shape, obj.size]
+        if sample.scene.text is not None:
+            tiles = text_tiles(sample.scene.text, cell, n)
+            assert "".join(TILE_ATTRIBUTES["glyph"][labels[r, c, 3] - 1] for r, c in tiles) == sample.scene.text.glyphs
+            assert [labels[r, c, 4] for r, c in tiles] == list(range(1, len(tiles) + 1))
+
+
+def test_merged_vision_tokens_come_in_row_major_tile_order():
+    """tile_labels' order must be the processor's: token r * n + c holds tile (r, c)."""
+    from PIL import Image
+
+    processor = tiny_vlm.build_processor(tiny_vlm.build_tokenizer(VOCAB), "qwen2_vl", DEFAULT_IMAGE_SIZE)
+    n = DEFAULT_IMAGE_SIZE // TOKEN_PIXELS
+    pixels = np.zeros((DEFAULT_IMAGE_SIZE, DEFAULT_IMAGE_SIZE, 3), dtype=np.uint8)
+    pixels[2 * TOKEN_PIXELS:3 * TOKEN_PIXELS, 5 * TOKEN_PIXELS:6 * TOKEN_PIXELS] = 255
+    patches = processor.image_processor(images=[Image.fromarray(pixels)], return_tensors="pt")["pixel_values"]
+    brightness = patches.reshape(n * n, -1).mean(-1)
+    assert int(brightness.argmax()) == 2 * n + 5
+    assert (brightness > brightness.min()).sum() == 1
 
 
 def test_calibration_conversations_are_captioned_images_in_gptqmodel_format():

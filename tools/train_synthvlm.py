@@ -10,6 +10,10 @@ Validation uses a separate seed of the train split; the evaluation split is neve
     python tools/train_synthvlm.py --out runs/synthvlm            # resumes from runs/synthvlm/ckpt.pt
     python tools/train_synthvlm.py --out runs/synthvlm --export vlmq_gptqmodel/assets/synthvlm
 
+A training-only auxiliary loss (--tile-loss) asks linear heads on the vision tower's merged tokens what each
+token holds (colour, shape, size, glyph and its place in the text, or nothing) and which tile it is; the
+heads are not exported, so the shipped model is a plain Qwen2-VL.
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -34,7 +38,7 @@ from vlmq_gptqmodel.evaluation import evaluate
 from vlmq_gptqmodel.world import (
     CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, user_turn,
 )
-from vlmq_gptqmodel.world.render import render_scene
+from vlmq_gptqmodel.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, render_scene, tile_labels
 from vlmq_gptqmodel.world.vocab import VOCAB
 
 SIZES = tiny_vlm.SYNTHVLM_SIZES
@@ -60,6 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=48, help="rows (single-question conversations) per step")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--tile-loss", type=float, default=1.0,
+                   help="weight of the per-token auxiliary loss on the vision tower's output (0: off)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
     p.add_argument("--caption-probability", type=float, default=0.3,
@@ -132,8 +138,8 @@ class CurriculumStream:
         self.counters = counters or {s: 0 for s in range(1, FINAL_STAGE + 1)}
 
     def batch(self, stage: int, rng: np.random.Generator):
-        """batch_size single-question conversations (rows) and their images, ROWS_PER_IMAGE per image."""
-        conversations, images = [], []
+        """batch_size single-question conversations (rows), their images and scenes, ROWS_PER_IMAGE per image."""
+        conversations, images, scenes = [], [], []
         while len(conversations) < self.args.batch_size:
             s = stage if stage == 1 or rng.random() >= self.args.replay else int(rng.integers(1, stage))
             sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s)
@@ -143,7 +149,8 @@ class CurriculumStream:
             rows = rows[:self.args.batch_size - len(conversations)]
             conversations += rows
             images += [sample.image] * len(rows)
-        return conversations, images
+            scenes += [sample.scene] * len(rows)
+        return conversations, images, scenes
 
 
 def encode_training_batch(processor, conversations, images):
@@ -151,6 +158,37 @@ def encode_training_batch(processor, conversations, images):
     batch = processor(text=texts, images=images, padding=True, return_tensors="pt")
     batch["labels_mask"] = assistant_mask(batch["input_ids"], processor.tokenizer)
     return batch
+
+
+class TileProbe(torch.nn.Module):
+    """Training-only linear heads on the vision tower's merged tokens (the language model's image inputs):
+    each token's colour, shape, size and glyph (or none) and its tile row and column. The answer loss alone
+    reaches these only through the language model; this dense per-token signal makes them linearly
+    readable so the language model only has to find and copy them. Not exported."""
+
+    def __init__(self, hidden: int, n_tiles: int):
+        super().__init__()
+        self.n_tiles = n_tiles
+        self.sizes = [1 + len(values) for values in TILE_ATTRIBUTES.values()] + [n_tiles, n_tiles]
+        self.head = torch.nn.Linear(hidden, sum(self.sizes))
+
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        tiles = torch.arange(self.n_tiles * self.n_tiles)
+        where = torch.stack([tiles // self.n_tiles, tiles % self.n_tiles], 1).repeat(len(labels) // len(tiles), 1)
+        targets = torch.cat([labels, where], 1)
+        logits = self.head(tokens.float()).split(self.sizes, dim=1)
+        return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(logits)) / len(self.sizes)
+
+
+class VisionTokens:
+    """Keeps the vision tower's merged output of the last forward pass (a forward hook)."""
+
+    def __init__(self, model):
+        self.tokens = None
+        model.model.visual.register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.tokens = output.pooler_output
 
 
 def training_loss(model, batch) -> torch.Tensor:
@@ -194,9 +232,10 @@ def validate(model, processor, args, stage: int) -> dict:
     return report
 
 
-def save_checkpoint(path: Path, model, optimizer, state: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, probe, probe_optimizer, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), **state}, tmp)
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "probe": probe.state_dict(),
+                "probe_optimizer": probe_optimizer.state_dict(), **state}, tmp)
     os.replace(tmp, path)
 
 
@@ -222,15 +261,19 @@ class Clock:
         return {"minutes": round(state["elapsed"] / 60, 2), "cpu_minutes": round(state["cpu"] / 60, 2)}
 
 
-def train_step(model, optimizer, batch, bf16: bool) -> float:
+def train_step(model, optimizers, batch, bf16: bool, tile=None) -> tuple[float, float]:
+    """One update; with tile = (probe, vision_tokens, labels, weight) the auxiliary tile loss is added."""
     # optional bf16 autocast: fp32 master weights and loss, bf16 matmuls
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = training_loss(model, batch)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+        aux = tile[0].loss(tile[1].tokens, tile[2]) if tile else torch.zeros(())
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
+    (loss + (tile[3] * aux if tile else 0)).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    optimizer.step()
-    return loss.item()
+    for optimizer in optimizers:
+        optimizer.step()
+    return loss.item(), aux.item()
 
 
 def next_stage(state: dict, stage_accuracy: float, args) -> None:
@@ -249,8 +292,10 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_fresh_model(args)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                  betas=(0.9, 0.98))
+    probe = TileProbe(model.config.text_config.hidden_size, args.image_size // TOKEN_PIXELS)
+    vision_tokens = VisionTokens(model)
+    optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                                    betas=(0.9, 0.98)) for m in (model, probe))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "counters": None,
              "elapsed": 0.0, "cpu": 0.0}
     ckpt = out / "ckpt.pt"
@@ -258,6 +303,11 @@ def main(argv=None) -> int:
         saved = torch.load(ckpt, weights_only=False)
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
+        probe_state, probe_optimizer_state = saved.pop("probe", None), saved.pop("probe_optimizer", None)
+        # The probe starts afresh on checkpoints from before the tile loss or with other tile attributes.
+        if probe_state and probe_state["head.weight"].shape == probe.head.weight.shape:
+            probe.load_state_dict(probe_state)
+            probe_optimizer.load_state_dict(probe_optimizer_state)
         state.update(saved)
         print(f"resumed at step {state['step']} (stage {state['stage']})", flush=True)
     torch.manual_seed(args.seed + state["step"])
@@ -277,31 +327,36 @@ def main(argv=None) -> int:
     emit({"params": sum(p.numel() for p in model.parameters()), "args": vars(args)})
     clock = Clock(state)
     model.train()
-    running = None
+    running = running_tile = None
     while state["final_start"] is None or state["step"] - state["final_start"] < args.final_steps:
         if state["elapsed"] / 60 > args.max_minutes:
             emit({"step": state["step"], "stopped": "time budget reached"})
             break
-        for group in optimizer.param_groups:
+        for group in optimizer.param_groups + probe_optimizer.param_groups:
             group["lr"] = learning_rate(state["step"], args, state["final_start"])
-        batch = encode_training_batch(processor, *stream.batch(state["stage"], rng))
-        loss = train_step(model, optimizer, batch, bf16=args.bf16)
+        conversations, images, scenes = stream.batch(state["stage"], rng)
+        batch = encode_training_batch(processor, conversations, images)
+        labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in scenes]))
+        tile = (probe, vision_tokens, labels, args.tile_loss) if args.tile_loss > 0 else None
+        loss, tile_loss = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, tile)
         running = loss if running is None else 0.95 * running + 0.05 * loss
+        running_tile = tile_loss if running_tile is None else 0.95 * running_tile + 0.05 * tile_loss
         state["step"] += 1
         clock.record(state)
         if state["step"] % 50 == 0:
-            print(f"step {state['step']} stage {state['stage']} loss {running:.4f} "
+            print(f"step {state['step']} stage {state['stage']} loss {running:.4f} tile loss {running_tile:.4f} "
                   f"wall {state['elapsed'] / 60:.1f} min cpu {state['cpu'] / 60:.1f} min", flush=True)
         if state["step"] % args.eval_every == 0:
             report = validate(model, processor, args, state["stage"])
             emit({"step": state["step"], "stage": state["stage"], "loss": round(running, 4),
+                  "tile_loss": round(running_tile, 4),
                   "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
             next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
             state["counters"] = stream.counters
-            save_checkpoint(ckpt, model, optimizer, state)
+            save_checkpoint(ckpt, model, optimizer, probe, probe_optimizer, state)
     state["counters"] = stream.counters
     timing = clock.record(state)
-    save_checkpoint(ckpt, model, optimizer, state)
+    save_checkpoint(ckpt, model, optimizer, probe, probe_optimizer, state)
     emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"])})
     if args.export:
         export(model, processor, Path(args.export))

@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from vlmq_gptqmodel.world.scene import Scene, SceneObject, SceneText
-from vlmq_gptqmodel.world.vocab import GRID_SIZE
+from vlmq_gptqmodel.world.scene import MAX_GLYPHS, Scene, SceneObject, SceneText
+from vlmq_gptqmodel.world.vocab import COLOURS, GLYPHS, GRID_SIZE, SHAPES, SIZES
 
 RGB = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220),
@@ -114,3 +114,24 @@ def render_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> Ima
     if scene.text is not None:
         _draw_text(draw, scene.text, rng, cell, image_size // TOKEN_PIXELS)
     return image
+
+
+# What each image token holds, for the training script's per-token auxiliary loss: one column per
+# attribute, 0 where the tile holds no such item, else 1 + the attribute's index. "glyph_index" is a glyph's
+# place in its text (reading it back means finding the first glyph, then the second, ...).
+TILE_ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "glyph": GLYPHS,
+                   "glyph_index": tuple(range(MAX_GLYPHS))}
+
+
+def tile_labels(scene: Scene, image_size: int) -> np.ndarray:
+    """(n_tiles * n_tiles, len(TILE_ATTRIBUTES)) labels of the image tokens, in row-major tile order (the
+    order of Qwen2-VL's merged vision tokens), from the same layout render_scene draws."""
+    cell, n_tiles = image_size / GRID_SIZE, image_size // TOKEN_PIXELS
+    labels = np.zeros((n_tiles, n_tiles, len(TILE_ATTRIBUTES)), dtype=np.int64)
+    for obj in scene.objects:
+        row, col = anchor_tile(obj.row, cell), anchor_tile(obj.col, cell)
+        labels[row, col, :3] = [1 + COLOURS.index(obj.colour), 1 + SHAPES.index(obj.shape), 1 + SIZES.index(obj.size)]
+    if scene.text is not None:
+        for index, (glyph, (row, col)) in enumerate(zip(scene.text.glyphs, text_tiles(scene.text, cell, n_tiles))):
+            labels[row, col, 3:] = [1 + GLYPHS.index(glyph), 1 + index]
+    return labels.reshape(n_tiles * n_tiles, len(TILE_ATTRIBUTES))

@@ -14,6 +14,7 @@ from vlmq_gptqmodel.world.vocab import COLOURS, GLYPHS, GRID_SIZE, SHAPES, SIZES
 # The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
 # questions; a from-scratch model of the shipped size did not learn them on CPU (tools/TRAINING.md).
 QUESTION_KINDS = ("colour", "shape", "position", "text")
+MIN_GLYPHS, MAX_GLYPHS = 2, 3  # length of a rendered text
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,6 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     )
     text = None
     if has_text:
-        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(2, 4))))
+        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(MIN_GLYPHS, MAX_GLYPHS + 1))))
         text = SceneText(glyphs, int(cells[-1]) // GRID_SIZE, int(cells[-1]) % GRID_SIZE)
     return Scene(objects, text)

@@ -7,15 +7,18 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
 import train_synthvlm  # noqa: E402
 
-from vlmq_gptqmodel import evaluation  # noqa: E402
+from vlmq_gptqmodel import evaluation, tiny_vlm  # noqa: E402
 from vlmq_gptqmodel.world import CAPTION_PROMPT, FINAL_STAGE, user_turn  # noqa: E402
+from vlmq_gptqmodel.world.render import TILE_ATTRIBUTES, tile_labels  # noqa: E402
+from vlmq_gptqmodel.world.scene import SceneText  # noqa: E402
 
-TINY = ["--hidden", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
+TINY = ["--hidden", "64", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
         "--vision-depth", "1", "--vision-hidden", "32", "--vision-heads", "2", "--image-size", "84",
         "--batch-size", "2", "--warmup", "1", "--max-stage-steps", "1", "--eval-every", "1",
         "--final-steps", "1", "--val-samples", "1"]
@@ -27,7 +30,8 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     stages = [entry["stage"] for entry in log if "stage" in entry]
     assert stages == sorted(stages) and set(stages) == set(range(1, FINAL_STAGE + 1))
-    assert all(0 < entry["tile_loss"] < 10 for entry in log if "stage" in entry)
+    assert all(0 < entry[name] < 15 for entry in log if "stage" in entry
+               for name in ("tile_loss", "gather_loss", "read_loss"))
     saved = json.loads((export / "config.json").read_text())
     assert saved.get("dtype", saved.get("torch_dtype")) == "float16"
     model, processor = evaluation.load_for_eval(export)
@@ -43,7 +47,7 @@ def test_tile_probe_sees_one_vision_token_per_tile_of_every_row():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])
     model, processor = train_synthvlm.build_fresh_model(args)
     tokens = train_synthvlm.VisionTokens(model)
-    conversations, images, scenes = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    conversations, images, _, _ = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
     batch = train_synthvlm.encode_training_batch(processor, conversations, images)
     batch.pop("labels_mask")
     with torch.no_grad():
@@ -73,8 +77,8 @@ def test_loss_mask_covers_exactly_the_assistant_answers():
 def test_training_rows_are_single_questions_in_the_evaluation_format():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
     stream = train_synthvlm.CurriculumStream(args)
-    conversations, images, scenes = stream.batch(FINAL_STAGE, np.random.default_rng(0))
-    assert len(conversations) == len(images) == len(scenes) == 40
+    conversations, images, scenes, subjects = stream.batch(FINAL_STAGE, np.random.default_rng(0))
+    assert len(conversations) == len(images) == len(scenes) == len(subjects) == 40
     assert all((a is b) == (sa is sb) for (a, sa), (b, sb) in itertools.combinations(zip(images, scenes), 2))
     kinds, questions = [], []
     for conversation, image in zip(conversations, images):
@@ -91,3 +95,83 @@ def test_training_rows_are_single_questions_in_the_evaluation_format():
     assert all(len(set(rows)) == len(rows) for rows in per_image)
     assert sum(len(rows) == train_synthvlm.ROWS_PER_IMAGE for rows in per_image) > len(per_image) / 2
     assert {"caption", "what colour", "what shape", "where is", "what does"} <= set(kinds)
+
+
+def test_binding_targets_point_each_answer_word_at_the_tokens_it_needs():
+    """Query: the position just before an answer word. gather keys: the question's words naming the object asked
+    about; read key: an image token whose tile holds it (or the glyph that word spells). Captions get none."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    ids, tok = batch["input_ids"], processor.tokenizer
+    image_pad = tok.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD)
+    gather, read = train_synthvlm.binding_targets(ids, batch["labels_mask"], rows.subjects, args.image_size, tok)
+    with_subject = [i for i, subject in enumerate(rows.subjects) if subject is not None]
+    assert sorted(set(read[:, 0].tolist())) == with_subject and len(with_subject) < len(rows.subjects)
+    assert read[:, 3].tolist() == list(range(len(read)))  # one key per query
+    attribute = {name: i for i, name in enumerate(TILE_ATTRIBUTES)}
+    kinds = set()
+    for row, query, key, _ in read.tolist():
+        assert batch["labels_mask"][row, query + 1] and ids[row, key] == image_pad
+        tile = int((ids[row, :key] == image_pad).sum())
+        labels = tile_labels(rows.scenes[row], args.image_size)[tile]
+        word = tok.convert_ids_to_tokens(int(ids[row, query + 1]))
+        subject = rows.subjects[row]
+        if isinstance(subject, SceneText):
+            kinds.add("text")
+            assert TILE_ATTRIBUTES["glyph"][labels[attribute["glyph"]] - 1] == word
+        else:
+            kinds.add("object")
+            assert TILE_ATTRIBUTES["colour"][labels[attribute["colour"]] - 1] == subject.colour
+            assert TILE_ATTRIBUTES["shape"][labels[attribute["shape"]] - 1] == subject.shape
+    assert kinds == {"text", "object"}
+    # gather: exactly the naming words of the question, for every answer word of every object question
+    named = {}
+    for row, query, key, group in gather.tolist():
+        named.setdefault((row, query, group), []).append(tok.convert_ids_to_tokens(int(ids[row, key])))
+    assert len({group for _, _, group in named}) == len(named)
+    expected = {}
+    for row, query, _, _ in read.tolist():
+        subject = rows.subjects[row]
+        question = rows.conversations[row][0]["content"][-1]["text"].split()
+        if not isinstance(subject, SceneText):
+            expected[(row, query)] = [w for w in question if w in (subject.colour, subject.shape)]
+    assert {(row, query): words for (row, query, _), words in named.items()} == expected
+    assert {len(words) for words in expected.values()} == {1, 2}  # colour/shape questions name one, position two
+
+
+def test_binding_loss_is_minus_log_of_the_attention_on_each_querys_keys():
+    targets = torch.tensor([[0, 3, 1, 0], [1, 4, 2, 1], [1, 4, 3, 1]])  # query (1, 4) has two keys
+    uniform = torch.full((2, 5, 5), 0.2)
+    expected = (torch.log(torch.tensor(5.0)) + torch.log(torch.tensor(2.5))) / 2
+    assert torch.isclose(train_synthvlm.binding_loss(uniform, targets), expected)
+    focused = torch.zeros(2, 5, 5)
+    focused[0, 3, 1] = focused[1, 4, 2] = 0.5
+    focused[0, 3, 0] = focused[1, 4, 3] = 0.5
+    assert torch.isclose(train_synthvlm.binding_loss(focused, targets), torch.log(torch.tensor(2.0)) / 2)
+
+
+def test_supervised_head_weights_are_the_layers_attention():
+    """The hook keeps head 0's softmax weights of the chosen layer: rows sum to one and nothing looks ahead."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "2"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    head = train_synthvlm.HeadAttention(model, (0, 1))
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    batch.pop("labels_mask")
+    with torch.no_grad():
+        model(**batch)
+    assert not torch.allclose(head.weights[0], head.weights[1])
+    weights = head.weights[1]
+    assert weights.shape == (2, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(weights.sum(-1)[real], torch.ones(int(real.sum())), atol=1e-5)
+    assert float(weights.triu(1)[real].abs().max()) == 0.0  # padding queries aside
+
+
+def test_a_bind_layer_outside_the_model_is_refused_before_training(tmp_path):
+    for layer in ("2", "0"):
+        with pytest.raises(SystemExit, match=f"--bind-layer {layer} does not fit a 2-layer"):
+            train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--bind-layer", layer])
+    assert not (tmp_path / "run" / "ckpt.pt").exists()

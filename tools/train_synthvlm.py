@@ -14,6 +14,13 @@ A training-only auxiliary loss (--tile-loss) asks linear heads on the vision tow
 token holds (colour, shape, size, glyph and its place in the text, or nothing) and which tile it is; the
 heads are not exported, so the shipped model is a plain Qwen2-VL.
 
+Two more training-only losses (--bind-loss) supervise attention in the language model, at the position that
+predicts each answer word: head 0 of the layer before --bind-layer should attend to the question's words
+that name the object asked about ("red" in "what shape is the red object ?"), and head 0 of --bind-layer
+to that object's image token (for text, to the glyph being read). Finding the object is the step the
+answer loss alone did not teach in thousands of steps (tools/TRAINING.md); the exported model is an
+ordinary Qwen2-VL, only its weights learned it.
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -27,6 +34,7 @@ import os
 import sys
 import time
 from dataclasses import replace
+from typing import NamedTuple
 from pathlib import Path
 
 import numpy as np
@@ -38,7 +46,8 @@ from vlmq_gptqmodel.evaluation import evaluate
 from vlmq_gptqmodel.world import (
     CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, user_turn,
 )
-from vlmq_gptqmodel.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, render_scene, tile_labels
+from vlmq_gptqmodel.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
+from vlmq_gptqmodel.world.scene import SceneText
 from vlmq_gptqmodel.world.vocab import VOCAB
 
 SIZES = tiny_vlm.SYNTHVLM_SIZES
@@ -66,6 +75,11 @@ def parse_args(argv=None):
     p.add_argument("--weight-decay", type=float, default=0.01)
     p.add_argument("--tile-loss", type=float, default=1.0,
                    help="weight of the per-token auxiliary loss on the vision tower's output (0: off)")
+    p.add_argument("--bind-loss", type=float, default=1.0,
+                   help="weight of each of the two attention-supervision losses (0: off)")
+    p.add_argument("--bind-layer", type=int, default=1,
+                   help="language-model layer whose head 0 reads the subject's image token; head 0 of the layer "
+                        "before it gathers the question's words naming the subject")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
     p.add_argument("--caption-probability", type=float, default=0.3,
@@ -101,16 +115,16 @@ def build_fresh_model(args):
 ROWS_PER_IMAGE = 2
 
 
-def training_rows(sample, rng: np.random.Generator, with_caption: bool) -> list[list[dict]]:
+def training_rows(sample, rng: np.random.Generator, with_caption: bool) -> list[tuple[list[dict], object]]:
     """Up to ROWS_PER_IMAGE single-question conversations about one image, in the evaluation's format, drawn
-    without repeats from the sample's questions and (with_caption) its caption. One question per
-    conversation: in a multi-turn one, later questions come after the image (so image tokens cannot see
-    them) and earlier answers give later ones away."""
-    pool = [(qa.question, qa.answer) for qa in sample.qa]
+    without repeats from the sample's questions and (with_caption) its caption, each with the question's
+    subject (None for the caption). One question per conversation: in a multi-turn one, later questions
+    come after the image (so image tokens cannot see them) and earlier answers give later ones away."""
+    pool = [(qa.question, qa.answer, qa.subject) for qa in sample.qa]
     if with_caption:
-        pool.append((CAPTION_PROMPT, sample.caption))
+        pool.append((CAPTION_PROMPT, sample.caption, None))
     picks = rng.choice(len(pool), size=min(ROWS_PER_IMAGE, len(pool)), replace=False)
-    return [[user_turn(sample.image, pool[j][0]), assistant_turn(pool[j][1])] for j in picks]
+    return [([user_turn(sample.image, pool[j][0]), assistant_turn(pool[j][1])], pool[j][2]) for j in picks]
 
 
 def assistant_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
@@ -130,6 +144,13 @@ def assistant_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return mask
 
 
+class Rows(NamedTuple):
+    conversations: list
+    images: list
+    scenes: list
+    subjects: list
+
+
 class CurriculumStream:
     """Fresh training samples per stage, each stage with its own index counter (so resuming is exact)."""
 
@@ -138,19 +159,20 @@ class CurriculumStream:
         self.counters = counters or {s: 0 for s in range(1, FINAL_STAGE + 1)}
 
     def batch(self, stage: int, rng: np.random.Generator):
-        """batch_size single-question conversations (rows), their images and scenes, ROWS_PER_IMAGE per image."""
-        conversations, images, scenes = [], [], []
-        while len(conversations) < self.args.batch_size:
+        """batch_size single-question conversations (rows), their images, scenes and question subjects,
+        ROWS_PER_IMAGE per image."""
+        rows = Rows([], [], [], [])
+        while len(rows.conversations) < self.args.batch_size:
             s = stage if stage == 1 or rng.random() >= self.args.replay else int(rng.integers(1, stage))
             sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s)
             self.counters[s] += 1
             captions = STAGES[s - 1].captions and rng.random() < self.args.caption_probability
-            rows = training_rows(sample, rng, captions)
-            rows = rows[:self.args.batch_size - len(conversations)]
-            conversations += rows
-            images += [sample.image] * len(rows)
-            scenes += [sample.scene] * len(rows)
-        return conversations, images, scenes
+            for conversation, subject in training_rows(sample, rng, captions)[:self.args.batch_size - len(rows.conversations)]:
+                rows.conversations.append(conversation)
+                rows.images.append(sample.image)
+                rows.scenes.append(sample.scene)
+                rows.subjects.append(subject)
+        return rows
 
 
 def encode_training_batch(processor, conversations, images):
@@ -189,6 +211,59 @@ class VisionTokens:
 
     def _keep(self, module, inputs, output):
         self.tokens = output.pooler_output
+
+
+class HeadAttention:
+    """Keeps head 0's attention weights in some language-model layers (forward hooks; needs eager attention,
+    the only implementation that returns the weights)."""
+
+    def __init__(self, model, layers):
+        self.weights = {}
+        model.model.language_model.set_attn_implementation("eager")
+        for layer in layers:
+            model.model.language_model.layers[layer].self_attn.register_forward_hook(self._keeper(layer))
+
+    def _keeper(self, layer: int):
+        def keep(module, inputs, output):
+            self.weights[layer] = output[1][:, 0]
+        return keep
+
+
+def binding_targets(input_ids: torch.Tensor, labels_mask: torch.Tensor, subjects, image_size: int,
+                    tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where the position that predicts each answer word should look, in two hops, as rows (row, query, key,
+    group); a group is one query, and its keys share one target. gather: the question's words that name the
+    subject (its colour and/or shape; none for text). read: the subject's image token, or for text the glyph
+    that word spells. Rows without a subject (captions) get none."""
+    image_pad_id = tokenizer.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD)
+    gather, read, gather_groups = [], [], 0
+    for row, subject in enumerate(subjects):
+        if subject is None:
+            continue
+        ids = input_ids[row]
+        image_positions = (ids == image_pad_id).nonzero()[:, 0]
+        tiles = item_tiles(subject, image_size)
+        answer_words = labels_mask[row].nonzero()[:-1, 0]  # the closing <|im_end|> reads nothing
+        naming = [] if isinstance(subject, SceneText) else tokenizer.convert_tokens_to_ids([subject.colour, subject.shape])
+        for k, position in enumerate(answer_words.tolist()):
+            query = position - 1
+            tile = tiles[k] if isinstance(subject, SceneText) else tiles[0]
+            read.append((row, query, int(image_positions[tile]), len(read)))
+            words = [i for i in range(query) if int(ids[i]) in naming]
+            if words:
+                gather += [(row, query, key, gather_groups) for key in words]
+                gather_groups += 1
+    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long).reshape(-1, 4)  # noqa: E731
+    return as_tensor(gather), as_tensor(read)
+
+
+def binding_loss(weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over queries of minus the log of the attention the query gives its target keys."""
+    if len(targets) == 0:
+        return weights.sum() * 0
+    picked = weights[targets[:, 0], targets[:, 1], targets[:, 2]].float()
+    per_query = torch.zeros(int(targets[:, 3].max()) + 1).index_add(0, targets[:, 3], picked)
+    return -torch.log(per_query + 1e-6).mean()
 
 
 def training_loss(model, batch) -> torch.Tensor:
@@ -261,19 +336,21 @@ class Clock:
         return {"minutes": round(state["elapsed"] / 60, 2), "cpu_minutes": round(state["cpu"] / 60, 2)}
 
 
-def train_step(model, optimizers, batch, bf16: bool, tile=None) -> tuple[float, float]:
-    """One update; with tile = (probe, vision_tokens, labels, weight) the auxiliary tile loss is added."""
+def train_step(model, optimizers, batch, bf16: bool, auxiliary=None) -> tuple[float, dict[str, float]]:
+    """One update. auxiliary maps a name to (weight, loss function); each function is called after the
+    forward pass (it reads what the hooks kept) and its weighted loss is added to the answer loss."""
+    auxiliary = auxiliary or {}
     # optional bf16 autocast: fp32 master weights and loss, bf16 matmuls
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         loss = training_loss(model, batch)
-        aux = tile[0].loss(tile[1].tokens, tile[2]) if tile else torch.zeros(())
+        extra = {name: compute() for name, (_, compute) in auxiliary.items()}
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
-    (loss + (tile[3] * aux if tile else 0)).backward()
+    (loss + sum(auxiliary[name][0] * value for name, value in extra.items())).backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     for optimizer in optimizers:
         optimizer.step()
-    return loss.item(), aux.item()
+    return loss.item(), {name: value.item() for name, value in extra.items()}
 
 
 def next_stage(state: dict, stage_accuracy: float, args) -> None:
@@ -294,6 +371,11 @@ def main(argv=None) -> int:
     model, processor = build_fresh_model(args)
     probe = TileProbe(model.config.text_config.hidden_size, args.image_size // TOKEN_PIXELS)
     vision_tokens = VisionTokens(model)
+    if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
+        raise SystemExit(f"--bind-layer {args.bind_layer} does not fit a {args.layers}-layer language model: the "
+                         f"layer before it gathers the question's words, so use 1..{args.layers - 1}, or --bind-loss 0")
+    hops = (args.bind_layer - 1, args.bind_layer)
+    head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probe))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "counters": None,
@@ -327,29 +409,37 @@ def main(argv=None) -> int:
     emit({"params": sum(p.numel() for p in model.parameters()), "args": vars(args)})
     clock = Clock(state)
     model.train()
-    running = running_tile = None
+    running = {}
     while state["final_start"] is None or state["step"] - state["final_start"] < args.final_steps:
         if state["elapsed"] / 60 > args.max_minutes:
             emit({"step": state["step"], "stopped": "time budget reached"})
             break
         for group in optimizer.param_groups + probe_optimizer.param_groups:
             group["lr"] = learning_rate(state["step"], args, state["final_start"])
-        conversations, images, scenes = stream.batch(state["stage"], rng)
-        batch = encode_training_batch(processor, conversations, images)
-        labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in scenes]))
-        tile = (probe, vision_tokens, labels, args.tile_loss) if args.tile_loss > 0 else None
-        loss, tile_loss = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, tile)
-        running = loss if running is None else 0.95 * running + 0.05 * loss
-        running_tile = tile_loss if running_tile is None else 0.95 * running_tile + 0.05 * tile_loss
+        rows = stream.batch(state["stage"], rng)
+        batch = encode_training_batch(processor, rows.conversations, rows.images)
+        auxiliary = {}
+        if args.tile_loss > 0:
+            labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in rows.scenes]))
+            auxiliary["tile_loss"] = (args.tile_loss, lambda: probe.loss(vision_tokens.tokens, labels))
+        if head_attention is not None:
+            targets = binding_targets(batch["input_ids"], batch["labels_mask"], rows.subjects, args.image_size,
+                                      processor.tokenizer)
+            for name, layer, hop_targets in zip(("gather_loss", "read_loss"), hops, targets):
+                auxiliary[name] = (args.bind_loss, lambda layer=layer, hop_targets=hop_targets:
+                                   binding_loss(head_attention.weights[layer], hop_targets))
+        loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary)
+        for name, value in {"loss": loss, **extra}.items():
+            running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
         state["step"] += 1
         clock.record(state)
         if state["step"] % 50 == 0:
-            print(f"step {state['step']} stage {state['stage']} loss {running:.4f} tile loss {running_tile:.4f} "
+            losses = " ".join(f"{name} {value:.4f}" for name, value in running.items())
+            print(f"step {state['step']} stage {state['stage']} {losses} "
                   f"wall {state['elapsed'] / 60:.1f} min cpu {state['cpu'] / 60:.1f} min", flush=True)
         if state["step"] % args.eval_every == 0:
             report = validate(model, processor, args, state["stage"])
-            emit({"step": state["step"], "stage": state["stage"], "loss": round(running, 4),
-                  "tile_loss": round(running_tile, 4),
+            emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
                   "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
             next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
             state["counters"] = stream.counters

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -19,6 +19,9 @@ class QA:
     kind: str
     question: str
     answer: str
+    # The object or text the answer reads from (None for count and existence questions); for the training
+    # script's attention supervision. Not part of equality: two QAs with the same words are the same question.
+    subject: SceneObject | SceneText | None = field(default=None, compare=False)
 
 
 def _article(word: str) -> str:
@@ -60,7 +63,7 @@ def _ask_about_unique(scene: Scene, rng: np.random.Generator, kind: str, key, qu
     if not candidates:
         return None
     obj = _pick(rng, candidates)
-    return QA(kind, question(obj), answer(obj))
+    return QA(kind, question(obj), answer(obj), obj)
 
 
 def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
@@ -103,7 +106,7 @@ def ask_position(scene: Scene, rng: np.random.Generator) -> QA | None:
 def ask_text(scene: Scene, rng: np.random.Generator) -> QA | None:
     if scene.text is None:
         return None
-    return QA("text", "what does the text say ?", spelled(scene.text.glyphs))
+    return QA("text", "what does the text say ?", spelled(scene.text.glyphs), scene.text)
 
 
 ASKERS = {

@@ -123,15 +123,24 @@ TILE_ATTRIBUTES = {"colour": COLOURS, "shape": SHAPES, "size": SIZES, "glyph": G
                    "glyph_index": tuple(range(MAX_GLYPHS))}
 
 
+def item_tiles(item: SceneObject | SceneText, image_size: int) -> list[int]:
+    """Row-major indices of the image tokens that hold `item`: an object's one tile, or a text's glyph tiles
+    in reading order (the same layout render_scene draws)."""
+    cell, n_tiles = image_size / GRID_SIZE, image_size // TOKEN_PIXELS
+    if isinstance(item, SceneText):
+        return [row * n_tiles + col for row, col in text_tiles(item, cell, n_tiles)]
+    return [anchor_tile(item.row, cell) * n_tiles + anchor_tile(item.col, cell)]
+
+
 def tile_labels(scene: Scene, image_size: int) -> np.ndarray:
     """(n_tiles * n_tiles, len(TILE_ATTRIBUTES)) labels of the image tokens, in row-major tile order (the
-    order of Qwen2-VL's merged vision tokens), from the same layout render_scene draws."""
-    cell, n_tiles = image_size / GRID_SIZE, image_size // TOKEN_PIXELS
-    labels = np.zeros((n_tiles, n_tiles, len(TILE_ATTRIBUTES)), dtype=np.int64)
+    order of Qwen2-VL's merged vision tokens)."""
+    n_tiles = image_size // TOKEN_PIXELS
+    labels = np.zeros((n_tiles * n_tiles, len(TILE_ATTRIBUTES)), dtype=np.int64)
     for obj in scene.objects:
-        row, col = anchor_tile(obj.row, cell), anchor_tile(obj.col, cell)
-        labels[row, col, :3] = [1 + COLOURS.index(obj.colour), 1 + SHAPES.index(obj.shape), 1 + SIZES.index(obj.size)]
+        labels[item_tiles(obj, image_size)[0], :3] = [
+            1 + COLOURS.index(obj.colour), 1 + SHAPES.index(obj.shape), 1 + SIZES.index(obj.size)]
     if scene.text is not None:
-        for index, (glyph, (row, col)) in enumerate(zip(scene.text.glyphs, text_tiles(scene.text, cell, n_tiles))):
-            labels[row, col, 3:] = [1 + GLYPHS.index(glyph), 1 + index]
-    return labels.reshape(n_tiles * n_tiles, len(TILE_ATTRIBUTES))
+        for index, (glyph, tile) in enumerate(zip(scene.text.glyphs, item_tiles(scene.text, image_size))):
+            labels[tile, 3:] = [1 + GLYPHS.index(glyph), 1 + index]
+    return labels

@@ -253,8 +253,7 @@ def binding_targets(input_ids: torch.Tensor, labels_mask: torch.Tensor, subjects
             if words:
                 gather += [(row, query, key, gather_groups) for key in words]
                 gather_groups += 1
-    as_tensor = lambda rows: torch.tensor(rows, dtype=torch.long).reshape(-1, 4)  # noqa: E731
-    return as_tensor(gather), as_tensor(read)
+    return tuple(torch.tensor(hop, dtype=torch.long).reshape(-1, 4) for hop in (gather, read))
 
 
 def binding_loss(weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

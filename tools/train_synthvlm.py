@@ -34,8 +34,8 @@ import os
 import sys
 import time
 from dataclasses import replace
-from typing import NamedTuple
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -95,7 +95,12 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast: faster only on CPUs with bf16 matrix units (AVX512-BF16/AMX); on an "
                         "AVX2-only CPU one step took 37-50 s instead of 1.4 s in fp32")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    # Checked here, before --out is created: a refused run leaves nothing behind.
+    if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
+        raise SystemExit(f"--bind-layer {args.bind_layer} does not fit a {args.layers}-layer language model: the "
+                         f"layer before it gathers the question's words, so use 1..{args.layers - 1}, or --bind-loss 0")
+    return args
 
 
 def build_fresh_model(args):
@@ -370,9 +375,6 @@ def main(argv=None) -> int:
     model, processor = build_fresh_model(args)
     probe = TileProbe(model.config.text_config.hidden_size, args.image_size // TOKEN_PIXELS)
     vision_tokens = VisionTokens(model)
-    if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
-        raise SystemExit(f"--bind-layer {args.bind_layer} does not fit a {args.layers}-layer language model: the "
-                         f"layer before it gathers the question's words, so use 1..{args.layers - 1}, or --bind-loss 0")
     hops = (args.bind_layer - 1, args.bind_layer)
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,

@@ -238,6 +238,7 @@ def main() -> None:
                    help="score checkpoints as dequantized fp32 weights, or through GPTQModel's TorchLinear in bf16")
     p.add_argument("--no-ablations", dest="ablations", action="store_false")
     p.add_argument("--ablation-settings", default="w3g32,w2g32")
+    p.add_argument("--ablation-seeds", default=None, help="calibration seeds of the ablations (default: --seeds)")
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
     p.add_argument("--results", default=str(RESULTS),
                    help="folder for quality.json/.md/.png; runs already in its quality.json are reused")
@@ -246,6 +247,7 @@ def main() -> None:
     settings = [parse_setting(s) for s in args.settings.split(",")]
     abl_settings = [parse_setting(s) for s in args.ablation_settings.split(",")] if args.ablations else []
     seeds = [int(s) for s in args.seeds.split(",")]
+    abl_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
     bench = Bench(args)
     bench.fp_and_rtn(settings)
     for seed in seeds:
@@ -253,7 +255,7 @@ def main() -> None:
             for label, (method, cfg) in MAIN.items():
                 bench.quantized(f"w{bits}g{group}|{label}|s{seed}", bits, group, seed, method, cfg)
     abl = ablations(VLMQConfig(precursor=args.ablation_precursor))
-    for seed in seeds:
+    for seed in abl_seeds:
         for bits, group in abl_settings:
             for name, cfg in abl.items():
                 bench.quantized(f"w{bits}g{group}|abl|{name}|s{seed}", bits, group, seed, "vlmq", cfg)
@@ -266,8 +268,8 @@ def main() -> None:
             "## Main table\n", main_table(runs, settings, seeds),
             "\n## VLMQ minus its precursor (paired by calibration seed)\n", delta_table(runs, settings, seeds)]
     if abl_settings:
-        text += [f"\n## Ablations (VLMQ, precursor {args.ablation_precursor})\n",
-                 ablation_table(runs, abl_settings, seeds, list(abl), args.ablation_precursor)]
+        text += [f"\n## Ablations (VLMQ, precursor {args.ablation_precursor}, seeds {abl_seeds})\n",
+                 ablation_table(runs, abl_settings, abl_seeds, list(abl), args.ablation_precursor)]
     text += [f"\nreproduce: `{command}`\n"]
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)

@@ -3,16 +3,15 @@ import json
 
 import pytest
 
-from vlmq_gptqmodel import demo, evaluation
+from vlmq_gptqmodel import demo
 from vlmq_gptqmodel.config import VLMQConfig
 from vlmq_gptqmodel.runner import QuantSpec
-from vlmq_gptqmodel.tiny_vlm import SYNTHVLM_SIZES
 
 
-def test_demo_writes_three_checkpoints_and_compares_them(tiny_vlm, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(demo, "demo_model_dir", lambda workdir: (tiny_vlm("qwen2_vl"), demo.RANDOM_MODEL_NOTE))
+def test_demo_writes_three_checkpoints_and_compares_them(tiny_vlm, tmp_path, capsys):
     out = tmp_path / "demo"
-    rows = demo.run_demo(out, QuantSpec(bits=3, group_size=32), VLMQConfig(), n_calib=3, n_eval=2)
+    rows = demo.run_demo(out, QuantSpec(bits=3, group_size=32), VLMQConfig(), n_calib=3, n_eval=2,
+                         model_dir=tiny_vlm("qwen2_vl"))
     assert sorted(p.name for p in out.iterdir()) == ["gptaq", "gptq", "vlmq"]
     meta = json.loads((out / "vlmq" / "quantize_config.json").read_text())["meta"]
     assert meta["vlmq"]["importance"] == "gradient" and "vlmq" not in json.loads(
@@ -24,15 +23,4 @@ def test_demo_writes_three_checkpoints_and_compares_them(tiny_vlm, tmp_path, mon
     # layer 0 is quantized with G = I under layer0="uniform", so VLMQ equals its GPTAQ precursor there
     assert rows["VLMQ (gptaq)"]["layers"][0] == pytest.approx(rows["GPTAQ"]["layers"][0], rel=1e-6)
     printed = capsys.readouterr().out
-    assert "| VLMQ (gptaq) |" in printed and demo.RANDOM_MODEL_NOTE in printed
-
-
-def test_without_the_trained_model_the_demo_builds_a_random_one_of_its_shape(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluation, "SYNTHVLM_DIR", tmp_path / "absent")
-    path, note = demo.demo_model_dir(tmp_path)
-    assert note == demo.RANDOM_MODEL_NOTE
-    config = json.loads((path / "config.json").read_text())["text_config"]
-    assert config["hidden_size"] == SYNTHVLM_SIZES["hidden_size"]
-    assert config["num_hidden_layers"] == SYNTHVLM_SIZES["num_hidden_layers"]
-    _, processor = evaluation.load_for_eval(path)
-    assert evaluation.processor_image_size(processor) == 224  # 64 image tokens
+    assert "| VLMQ (gptaq) |" in printed

@@ -52,3 +52,24 @@ def test_gptqmodel_quantize_is_wrapped_once():
     wrapped = BaseQModel.quantize
     install()
     assert BaseQModel.quantize is wrapped and wrapped.__vlmq_wrapped__ is not None
+
+
+def test_the_wheel_ships_the_trained_model(tmp_path):
+    """`pip install` (not only an editable install) must bring the synthetic-world VLM along as package data."""
+    import shutil
+    import zipfile
+
+    root, source = Path(__file__).resolve().parents[1], tmp_path / "source"
+    source.mkdir()  # build a copy: setuptools writes build/ next to setup.py
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(root / name, source / name)
+    for name in ("vlmq_gptqmodel", "kernels"):
+        shutil.copytree(root / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path), str(source)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("vlmq_gptqmodel-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assets = "vlmq_gptqmodel/assets/synthvlm/"
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json",
+                "chat_template.jinja"}
+    assert {assets + name for name in expected} <= names

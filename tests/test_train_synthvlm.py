@@ -111,10 +111,11 @@ def test_binding_targets_point_each_answer_word_at_the_tokens_it_needs():
     assert sorted(set(read[:, 0].tolist())) == with_subject and len(with_subject) < len(rows.subjects)
     assert read[:, 3].tolist() == list(range(len(read)))  # one key per query
     attribute = {name: i for i, name in enumerate(TILE_ATTRIBUTES)}
-    kinds = set()
+    kinds, tiles = set(), []
     for row, query, key, _ in read.tolist():
         assert batch["labels_mask"][row, query + 1] and ids[row, key] == image_pad
         tile = int((ids[row, :key] == image_pad).sum())
+        tiles.append(tile)
         labels = tile_labels(rows.scenes[row], args.image_size)[tile]
         word = tok.convert_ids_to_tokens(int(ids[row, query + 1]))
         subject = rows.subjects[row]
@@ -126,6 +127,7 @@ def test_binding_targets_point_each_answer_word_at_the_tokens_it_needs():
             assert TILE_ATTRIBUTES["colour"][labels[attribute["colour"]] - 1] == subject.colour
             assert TILE_ATTRIBUTES["shape"][labels[attribute["shape"]] - 1] == subject.shape
     assert kinds == {"text", "object"}
+    assert train_synthvlm.read_tiles(ids, read, image_pad).tolist() == tiles  # what the read probe is told
     # gather: exactly the naming words of the question, for every answer word of every object question
     named = {}
     for row, query, key, group in gather.tolist():

@@ -21,6 +21,11 @@ to that object's image token (for text, to the glyph being read). Finding the ob
 answer loss alone did not teach in thousands of steps (tools/TRAINING.md); the exported model is an
 ordinary Qwen2-VL, only its weights learned it.
 
+A last training-only loss (--read-loss) puts the tile probe's heads on the residual stream after --bind-layer,
+at those same answer positions: it must hold what the read token holds (its colour, shape, size, glyph) and
+which tile that is. Without it the read hop copied the object's colour and shape but not its place, and
+position questions stayed at 0.4-0.5 (tools/TRAINING.md).
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -80,6 +85,9 @@ def parse_args(argv=None):
     p.add_argument("--bind-layer", type=int, default=1,
                    help="language-model layer whose head 0 reads the subject's image token; head 0 of the layer "
                         "before it gathers the question's words naming the subject")
+    p.add_argument("--read-loss", type=float, default=1.0,
+                   help="weight of the probe that reads the read token's labels and tile off the residual stream "
+                        "after --bind-layer (0: off; needs --bind-loss > 0)")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
     p.add_argument("--caption-probability", type=float, default=0.3,
@@ -199,9 +207,9 @@ class TileProbe(torch.nn.Module):
         self.sizes = [1 + len(values) for values in TILE_ATTRIBUTES.values()] + [n_tiles, n_tiles]
         self.head = torch.nn.Linear(hidden, sum(self.sizes))
 
-    def loss(self, tokens: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        tiles = torch.arange(self.n_tiles * self.n_tiles)
-        where = torch.stack([tiles // self.n_tiles, tiles % self.n_tiles], 1).repeat(len(labels) // len(tiles), 1)
+    def loss(self, tokens: torch.Tensor, labels: torch.Tensor, tiles: torch.Tensor) -> torch.Tensor:
+        """tokens (n, hidden), their tile_labels rows (n, attributes) and row-major tile indices (n,)."""
+        where = torch.stack([tiles // self.n_tiles, tiles % self.n_tiles], 1)
         targets = torch.cat([labels, where], 1)
         logits = self.head(tokens.float()).split(self.sizes, dim=1)
         return sum(F.cross_entropy(part, targets[:, i]) for i, part in enumerate(logits)) / len(self.sizes)
@@ -216,6 +224,17 @@ class VisionTokens:
 
     def _keep(self, module, inputs, output):
         self.tokens = output.pooler_output
+
+
+class LayerOutput:
+    """Keeps one language-model layer's output hidden states of the last forward pass (a forward hook)."""
+
+    def __init__(self, model, layer: int):
+        self.hidden = None
+        model.model.language_model.layers[layer].register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output):
+        self.hidden = output[0] if isinstance(output, tuple) else output
 
 
 class HeadAttention:
@@ -259,6 +278,12 @@ def binding_targets(input_ids: torch.Tensor, labels_mask: torch.Tensor, subjects
                 gather += [(row, query, key, gather_groups) for key in words]
                 gather_groups += 1
     return tuple(torch.tensor(hop, dtype=torch.long).reshape(-1, 4) for hop in (gather, read))
+
+
+def read_tiles(input_ids: torch.Tensor, read: torch.Tensor, image_pad_id: int) -> torch.Tensor:
+    """The tile index (row-major, within its row's image) of each read target's key."""
+    before = torch.cumsum(input_ids == image_pad_id, dim=1) - 1
+    return before[read[:, 0], read[:, 2]]
 
 
 def binding_loss(weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -311,9 +336,9 @@ def validate(model, processor, args, stage: int) -> dict:
     return report
 
 
-def save_checkpoint(path: Path, model, optimizer, probe, probe_optimizer, state: dict) -> None:
+def save_checkpoint(path: Path, model, optimizer, probes, probe_optimizer, state: dict) -> None:
     tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "probe": probe.state_dict(),
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "probe": probes.state_dict(),
                 "probe_optimizer": probe_optimizer.state_dict(), **state}, tmp)
     os.replace(tmp, path)
 
@@ -373,12 +398,15 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model, processor = build_fresh_model(args)
-    probe = TileProbe(model.config.text_config.hidden_size, args.image_size // TOKEN_PIXELS)
+    n_tiles = args.image_size // TOKEN_PIXELS
+    probes = torch.nn.ModuleDict({name: TileProbe(model.config.text_config.hidden_size, n_tiles)
+                                  for name in ("tiles", "read")})
     vision_tokens = VisionTokens(model)
     hops = (args.bind_layer - 1, args.bind_layer)
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
+    read_output = LayerOutput(model, args.bind_layer) if args.bind_loss > 0 and args.read_loss > 0 else None
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
-                                                    betas=(0.9, 0.98)) for m in (model, probe))
+                                                    betas=(0.9, 0.98)) for m in (model, probes))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "counters": None,
              "elapsed": 0.0, "cpu": 0.0}
     ckpt = out / "ckpt.pt"
@@ -387,9 +415,13 @@ def main(argv=None) -> int:
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         probe_state, probe_optimizer_state = saved.pop("probe", None), saved.pop("probe_optimizer", None)
-        # The probe starts afresh on checkpoints from before the tile loss or with other tile attributes.
-        if probe_state and probe_state["head.weight"].shape == probe.head.weight.shape:
-            probe.load_state_dict(probe_state)
+        if probe_state and "head.weight" in probe_state:  # from before the read probe: the tile probe alone
+            probe_state, probe_optimizer_state = {f"tiles.{k}": v for k, v in probe_state.items()}, None
+        # A probe starts afresh where the checkpoint has none of its shape (other tile attributes, older runs).
+        current = probes.state_dict()
+        usable = {k: v for k, v in (probe_state or {}).items() if k in current and v.shape == current[k].shape}
+        probes.load_state_dict(usable, strict=False)
+        if probe_optimizer_state and len(usable) == len(current):
             probe_optimizer.load_state_dict(probe_optimizer_state)
         state.update(saved)
         print(f"resumed at step {state['step']} (stage {state['stage']})", flush=True)
@@ -420,15 +452,22 @@ def main(argv=None) -> int:
         rows = stream.batch(state["stage"], rng)
         batch = encode_training_batch(processor, rows.conversations, rows.images)
         auxiliary = {}
+        labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in rows.scenes]))
         if args.tile_loss > 0:
-            labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in rows.scenes]))
-            auxiliary["tile_loss"] = (args.tile_loss, lambda: probe.loss(vision_tokens.tokens, labels))
+            every_tile = torch.arange(n_tiles ** 2).repeat(len(rows.scenes))
+            auxiliary["tile_loss"] = (args.tile_loss,
+                                      lambda: probes["tiles"].loss(vision_tokens.tokens, labels, every_tile))
         if head_attention is not None:
             targets = binding_targets(batch["input_ids"], batch["labels_mask"], rows.subjects, args.image_size,
                                       processor.tokenizer)
             for name, layer, hop_targets in zip(("gather_loss", "read_loss"), hops, targets):
                 auxiliary[name] = (args.bind_loss, lambda layer=layer, hop_targets=hop_targets:
                                    binding_loss(head_attention.weights[layer], hop_targets))
+            read = targets[1]
+            if read_output is not None and len(read):
+                tiles = read_tiles(batch["input_ids"], read, model.config.image_token_id)
+                auxiliary["read_probe_loss"] = (args.read_loss, lambda: probes["read"].loss(
+                    read_output.hidden[read[:, 0], read[:, 1]], labels[read[:, 0] * n_tiles ** 2 + tiles], tiles))
         loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary)
         for name, value in {"loss": loss, **extra}.items():
             running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
@@ -444,10 +483,10 @@ def main(argv=None) -> int:
                   "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
             next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
             state["counters"] = stream.counters
-            save_checkpoint(ckpt, model, optimizer, probe, probe_optimizer, state)
+            save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
     state["counters"] = stream.counters
     timing = clock.record(state)
-    save_checkpoint(ckpt, model, optimizer, probe, probe_optimizer, state)
+    save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
     emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"])})
     if args.export:
         export(model, processor, Path(args.export))

@@ -1,13 +1,10 @@
 """`vlmq quantize --demo`: quantize the demo VLM with GPTQ, GPTAQ and VLMQ on the same synthetic
 calibration set and compare them against the full-precision model on held-out questions.
 
-The demo VLM is the project's trained synthetic-world model when the package ships it; until it does,
-a randomly initialised Qwen2-VL of the same shape, built deterministically from its config (exact-match
-accuracy is then meaningless, but per-layer error, agreement and KL against FP still compare methods)."""
+The demo VLM is the project's trained synthetic-world model, shipped as package data (tools/TRAINING.md)."""
 from __future__ import annotations
 
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -16,12 +13,11 @@ import torch
 from .compare import layer_output_errors, top1_agreement
 from .config import VLMQConfig
 from .evaluation import (
-    encode_scored, eval_samples, evaluate, has_synthvlm, load_for_eval, processor_image_size, questions_of, synthvlm_dir,
+    encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, synthvlm_dir,
 )
 from .output_dir import staged_output
 from .runner import QuantSpec, quantize_to_dir
-from .tiny_vlm import SYNTHVLM_ARCH, SYNTHVLM_SIZES, save_tiny_vlm
-from .world import DEFAULT_IMAGE_SIZE, calibration_conversations
+from .world import calibration_conversations
 
 log = logging.getLogger("vlmq_gptqmodel")
 DEMO_CALIBRATION = 32
@@ -29,26 +25,12 @@ DEMO_EVAL_IMAGES = 40
 LAYER_ERROR_QUESTIONS = 16
 
 
-RANDOM_MODEL_NOTE = ("note: the trained synthetic-world VLM is not shipped in this version, so the demo model is a "
-                     "randomly initialised Qwen2-VL of its shape: exact match is meaningless here; per-layer error, "
-                     "top-1 agreement and KL against FP compare the methods.")
-
-
-def demo_model_dir(workdir: Path) -> tuple[Path, str | None]:
-    """(model directory, note): the shipped trained VLM, or a random one of its shape saved under `workdir`."""
-    if has_synthvlm():
-        return synthvlm_dir(), None
-    path = save_tiny_vlm(workdir / "random-synthvlm", SYNTHVLM_ARCH, seed=0, image_size=DEFAULT_IMAGE_SIZE,
-                         **SYNTHVLM_SIZES)
-    return path, RANDOM_MODEL_NOTE
-
-
 def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = False,
-             n_calib: int = DEMO_CALIBRATION, n_eval: int = DEMO_EVAL_IMAGES, seed: int = 0) -> dict:
-    with staged_output(out, overwrite) as stage, tempfile.TemporaryDirectory() as workdir:
-        model_dir, note = demo_model_dir(Path(workdir))
-        if note:
-            log.info(note)
+             n_calib: int = DEMO_CALIBRATION, n_eval: int = DEMO_EVAL_IMAGES, seed: int = 0,
+             model_dir: Path | None = None) -> dict:
+    """model_dir: the FP model to quantize (default: the shipped synthetic-world VLM)."""
+    model_dir = model_dir or synthvlm_dir()
+    with staged_output(out, overwrite) as stage:
         # bf16 like the quantized models (TorchLinear runs in half precision): errors measure quantization only
         fp_model, processor = load_for_eval(model_dir, dtype=torch.bfloat16)
         size = processor_image_size(processor)
@@ -71,12 +53,11 @@ def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = Fal
                 "layers": layer_output_errors(fp_model, q_model, [error_batch]),
             }
             del q_model
-    print(format_comparison(rows, spec, n_calib, len(fp.correct), out, note))
+    print(format_comparison(rows, spec, n_calib, len(fp.correct), out))
     return rows
 
 
-def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: int, out: Path,
-                      note: str | None = None) -> str:
+def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: int, out: Path) -> str:
     quantized = [k for k in rows if rows[k]["layers"] is not None]
     n_layers = len(rows[quantized[0]]["layers"])
     lines = [
@@ -94,5 +75,5 @@ def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: in
     for k, r in rows.items():
         secs = "" if r["seconds"] is None else f"{r['seconds']:.1f} s"
         lines.append(f"| {k} | {r['accuracy']:.3f} | {r['agreement']:.3f} | {r['kl']:.2e} | {secs} |")
-    lines += ["", f"checkpoints (standard GPTQ) written to {out}/<method>/"] + ([note] if note else [])
+    lines += ["", f"checkpoints (standard GPTQ) written to {out}/<method>/"]
     return "\n".join(lines)

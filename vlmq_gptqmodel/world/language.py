@@ -42,7 +42,7 @@ def describe_item(item: SceneObject | SceneText) -> str:
 
 
 def caption(scene: Scene) -> str:
-    """Every item in reading order: "big red circle top left , small blue square center and text 4 A bottom ."."""
+    """Every item in reading order: "big red circle top left , small blue square center center and text 4 A bottom center ."."""
     parts = [describe_item(item) for item in scene.items_in_reading_order()]
     body = parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
     return body + " ."

@@ -12,13 +12,16 @@ NUMBER_WORDS = ("zero", "one", "two", "three", "four")
 # Glyphs the rendered text is made of (hexadecimal: digits plus A-F), each read back as one word.
 GLYPHS = tuple("0123456789ABCDEF")
 
-# Names of the 3x3 placement grid's cells, indexed [row][column]: one or two words each.
+# Names of the 3x3 placement grid's cells, indexed [row][column]: always "<row> <column>", so the first word
+# answers the row alone and the second the column alone. (The natural names, "left" for the middle row's
+# left cell and "top" for the top row's middle one, made the first word depend on both; the model confused
+# the middle row with the bottom one there: tools/TRAINING.md.)
 GRID_SIZE = 3
-POSITION_NAMES = (
-    ("top left", "top", "top right"),
-    ("left", "center", "right"),
-    ("bottom left", "bottom", "bottom right"),
-)
+ROW_WORDS = ("top", "center", "bottom")
+COLUMN_WORDS = ("left", "center", "right")
+POSITION_NAMES = tuple(tuple(f"{row} {column}" for column in COLUMN_WORDS) for row in ROW_WORDS)
+# In the order they first had in the vocabulary, which fixes their token ids (checkpoints depend on them).
+POSITION_WORDS = ("top", "left", "right", "center", "bottom")
 
 FUNCTION_WORDS = (
     "a", "an", "the", "is", "are", "there", "what", "how", "many", "where", "does", "say",
@@ -28,6 +31,6 @@ FUNCTION_WORDS = (
 VOCAB = tuple(
     dict.fromkeys(
         FUNCTION_WORDS + SHAPES + tuple(SHAPE_PLURALS.values()) + COLOURS + SIZES + NUMBER_WORDS + GLYPHS
-        + tuple(word for row in POSITION_NAMES for name in row for word in name.split())
+        + POSITION_WORDS
     )
 )

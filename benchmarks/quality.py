@@ -49,7 +49,8 @@ MAIN = {  # label -> (runner method, VLMQ config)
 
 
 def ablations(base: VLMQConfig) -> dict:
-    """The paper's ablations (Tables 5-8 and the MBQ-style modality baseline) as VLMQConfig switches."""
+    """The paper's ablations (Tables 5-8 and the MBQ-style modality baseline) as VLMQConfig switches, and a
+    floor on G."""
     out = {  # importance=constant is the precursor itself (bit-identical, see the tests): not rerun
         "importance=attention (FastV-style)": replace(base, importance="attention"),
         "importance=modality (MBQ-style)": replace(base, importance="modality"),
@@ -57,6 +58,9 @@ def ablations(base: VLMQConfig) -> dict:
         "norm=l2": replace(base, norm="l2"),
         "targets=q,k,v (o unweighted)": replace(base, targets=("q_proj", "k_proj", "v_proj")),
         "layer0=rtn_probe": replace(base, layer0="rtn_probe"),
+        # not in the paper: gradient G rests on a few percent of the tokens (benchmarks/token_importance.py);
+        # a floor on g keeps every token in the Hessian
+        "min_weight=0.3 (floored G)": replace(base, min_weight=0.3),
     }
     for ratio in (0.25, 0.5, 0.75):
         for factor in (0.01, 0.05, 0.1):

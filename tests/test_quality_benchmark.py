@@ -24,7 +24,7 @@ def test_quality_benchmark_runs_every_method_and_writes_its_report(tiny_vlm, tmp
     assert runs["FP"]["kl"] is None or runs["FP"]["kl"] == 0
     assert all(runs[f"w3g32|{m}|s0"]["kl"] > 0 for m in labels)  # 3-bit weights do change the answers' logits
     ablation_runs = [k for k in runs if k.startswith("w3g32|abl|")]
-    assert len(ablation_runs) == 15 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
+    assert len(ablation_runs) == 16 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
     report = (tmp_path / "deq" / "quality.md").read_text()
     assert "reproduce: `python benchmarks/quality.py --model" in report and "| W3 g32 | VLMQ(gptaq) |" in report
     assert "## Ablations (VLMQ, precursor gptaq, seeds [1])" in report

@@ -36,9 +36,9 @@ def synthvlm_dir() -> Path:
     """Directory of the shipped synthetic-world model; fails clearly if it is not there."""
     if not has_synthvlm():
         raise FileNotFoundError(
-            f"the trained synthetic-world model is not in {SYNTHVLM_DIR}: the package data is missing (reinstall "
-            f"with `pip install -e .` from a full clone), or train and export it with `python "
-            f"tools/train_synthvlm.py --export {SYNTHVLM_DIR}` (tools/TRAINING.md), or pass --model DIR"
+            f"the trained synthetic-world model is not in {SYNTHVLM_DIR}: the package data is missing; reinstall "
+            f"with `pip install -e .` from a full clone. Or pass --model DIR with a model of your own, e.g. one from "
+            f"`python tools/train_synthvlm.py --export DIR` (not the shipped model: tools/TRAINING.md says how they differ)"
         )
     return SYNTHVLM_DIR
 

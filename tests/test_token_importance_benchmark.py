@@ -52,8 +52,8 @@ def test_recomputed_g_matches_the_pipeline_on_the_shipped_model(tmp_path):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     text = out.read_text()
-    gap = float(re.search(r"by at most ([0-9.e+-]+)\.", text).group(1))
-    assert gap < 1e-2  # same tokens, same streams: the statistics describe the G that quantization used
+    gap = float(re.search(r"by at most ([0-9.]+)% \(relative\)", text).group(1))
+    assert gap < 2.0  # same tokens, same streams: the statistics describe the G that quantization used
     rows = [line for line in text.splitlines() if re.match(r"\| [1-3] \| ", line)]
     assert len(rows) == 3 * 5  # layers 1-3 x (q, k, v, o, attention)
     assert "reproduce: `python benchmarks/token_importance.py --calib 4" in text

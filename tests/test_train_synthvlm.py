@@ -34,6 +34,7 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
                for name in ("tile_loss", "gather_loss", "read_loss"))
     saved = json.loads((export / "config.json").read_text())
     assert saved.get("dtype", saved.get("torch_dtype")) == "float16"
+    assert json.loads((export / "tokenizer.json").read_text())["padding"] is None  # validation padded
     model, processor = evaluation.load_for_eval(export)
     assert evaluation.processor_image_size(processor) == 84
     steps = torch.load(out / "ckpt.pt", weights_only=False)["step"]

@@ -38,7 +38,8 @@ def synthvlm_dir() -> Path:
         raise FileNotFoundError(
             f"the trained synthetic-world model is not in {SYNTHVLM_DIR}: the package data is missing; reinstall "
             f"with `pip install -e .` from a full clone. Or pass --model DIR with a model of your own, e.g. one from "
-            f"`python tools/train_synthvlm.py --export DIR` (not the shipped model: tools/TRAINING.md says how they differ)"
+            f"`python tools/train_synthvlm.py --export DIR` (the shipped model's recipe; CPU runs are not "
+            f"bit-identical, so check a retrained model's sensitivity as tools/TRAINING.md does)"
         )
     return SYNTHVLM_DIR
 

@@ -5,12 +5,13 @@ both on the same model and calibration set and prints, per bit width, the G that
 of variation, vision/text mean ratio per projection) and every decoder layer's relative output error
 ||h_q - h_fp||^2 / ||h_fp||^2 against FP (both in bf16, as GPTQModel serves 2/3-bit checkpoints on CPU).
 
-    python benchmarks/layer0.py                       # the demo model (see vlmq quantize --demo), W3 and W2
-    python benchmarks/layer0.py --model DIR --bits 3 --precursor gptq
+    python benchmarks/layer0.py                       # the shipped synthvlm, W3 and W2 -> results/layer0.md
+    python benchmarks/layer0.py --model DIR --bits 3 --precursor gptq --out layer0.md
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import torch
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
 from vlmq_gptqmodel.compare import layer_output_errors
 from vlmq_gptqmodel.config import LAYER0_POLICIES, PRECURSORS, VLMQConfig
-from vlmq_gptqmodel.demo import LAYER_ERROR_QUESTIONS, demo_model_dir
-from vlmq_gptqmodel.evaluation import encode_scored, eval_samples, load_for_eval, processor_image_size, questions_of
+from vlmq_gptqmodel.demo import LAYER_ERROR_QUESTIONS
+from vlmq_gptqmodel.evaluation import (encode_scored, eval_samples, load_for_eval, processor_image_size, questions_of,
+                                       synthvlm_dir)
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.world import calibration_conversations
+
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def layer0_g(report: dict) -> str:
@@ -35,16 +39,17 @@ def layer0_g(report: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", help="FP model directory (default: the demo model)")
+    p.add_argument("--model", help="FP model directory (default: the shipped synthvlm)")
     p.add_argument("--bits", default="3,2")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--calib", type=int, default=32, help="calibration images")
     p.add_argument("--precursor", choices=PRECURSORS, default="gptaq")
     p.add_argument("--dtype", default="float32", help="layer dtype while quantizing (auto = GPTQModel's choice)")
+    p.add_argument("--out", default=str(RESULTS / "layer0.md"))
     args = p.parse_args()
     rows = []
+    model_dir = Path(args.model) if args.model else synthvlm_dir()
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir, note = (Path(args.model), None) if args.model else demo_model_dir(Path(tmp))
         fp_model, processor = load_for_eval(model_dir, dtype=torch.bfloat16)
         size = processor_image_size(processor)
         calib = calibration_conversations(args.calib, 0, image_size=size)
@@ -62,14 +67,19 @@ def main() -> None:
                 rows.append((bits, policy, report["policy"], layer0_g(report), errors))
                 del quantized
     n_layers = len(rows[0][4])
-    lines = [f"VLMQ({args.precursor}) g{args.group_size}, {args.calib} calibration images"
-             + (f"; {note}" if note else ""), "",
+    lines = ["# Layer-0 policies\n",
+             f"{model_dir.name}, VLMQ({args.precursor}) g{args.group_size}, {args.calib} calibration images (seed 0); "
+             f"errors on {LAYER_ERROR_QUESTIONS} evaluation questions\n",
              "| bits | layer0 | what layer 0 used | layer-0 G per projection | "
              + " | ".join(f"error L{i}" for i in range(n_layers)) + " |",
              "|---|---|---|---|" + "---|" * n_layers]
     for bits, policy, used, g, errors in rows:
         lines.append(f"| W{bits} | {policy} | {used} | {g} | " + " | ".join(f"{e:.3e}" for e in errors) + " |")
-    print("\n".join(lines))
+    lines.append(f"\nreproduce: `{' '.join(['python benchmarks/layer0.py', *sys.argv[1:]])}`\n")
+    text = "\n".join(lines)
+    print(text)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(text)
 
 
 if __name__ == "__main__":

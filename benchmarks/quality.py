@@ -1,16 +1,23 @@
-"""Quantization quality on the project's own VLM: FP, RTN, GPTQ, GPTAQ, VLMQ(gptq), VLMQ(gptaq) at
-W4/W3/W2, plus the paper's ablations as VLMQConfig switches, each over several calibration seeds.
+"""Quantization quality on the project's own VLMs at the paper's calibration regime (512 captioned images per
+calibration seed, act-order, damp 0.01): FP, RTN, GPTQ, GPTAQ, VLMQ(gptq), VLMQ(gptaq), with paired statistics.
 
-Every quantized model is saved as a GPTQ checkpoint and scored on the held-out evaluation split (never
-used for training, calibration or any choice of settings): exact-match accuracy and the mean KL of the
-answer-token distributions against the FP model. By default the saved checkpoint's weights are
-dequantized into the FP model and everything runs in fp32 (`--serve dequantized`: the same weights as
-served, without bf16 rounding, and many times faster on CPUs without bf16 units); `--serve gptqmodel`
-loads it with GPTQModel's TorchLinear and scores FP and quantized models in bf16. Calibration samples for
-seed s are the same for every method.
+Parts (--parts; each resumes from quality.json, so a long run can be done in pieces):
+- main:            W4/W3/W2 at g128 and W3/W2 at g32, every method, over --seeds (default 5 seeds);
+- attention-only:  the same methods quantizing only q/k/v/o (MLP kept FP), where VLMQ's token weighting acts;
+- sweep:           64-1024 calibration samples at W3/W2 g128, with Kish's effective sample size of G;
+- ablations:       the paper's ablations as VLMQConfig switches (Tables 5-8, MBQ-style modality weights);
+- gptaq-study:     why VLMQ(gptaq) may not beat GPTAQ: GPTAQ's alpha and the weighting of its asymmetric term.
 
-    python benchmarks/quality.py                 # everything; resumes from benchmarks/results/quality.json
-    python benchmarks/quality.py --no-ablations --settings w3g32 --seeds 0
+Every quantized model is saved as a GPTQ checkpoint and scored on --split: the held-out evaluation split
+(never used for training, calibration or any choice), or `select`, a split of its own on which settings may
+be chosen. Exact match and the KL of the answer-token distributions against FP are kept per question, so
+every VLMQ row gets its paired difference to its own precursor with a 95 % bootstrap interval over
+calibration seeds and questions (vlmq_gptqmodel.stats). By default a checkpoint's weights are dequantized
+into the FP model and scored in fp32 (`--serve dequantized`); `--serve gptqmodel` scores through GPTQModel's
+TorchLinear in bf16. Calibration samples for a seed are the same for every method.
+
+    python benchmarks/quality.py                              # everything (hours on 2 cores; resumable)
+    python benchmarks/quality.py --parts main --settings w2g128 --seeds 0,1
 """
 from __future__ import annotations
 
@@ -23,22 +30,27 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
-from vlmq_gptqmodel.config import VLMQConfig
+from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.dequantized import load_dequantized
-from vlmq_gptqmodel.evaluation import eval_samples, evaluate, load_for_eval, processor_image_size, synthvlm_dir
+from vlmq_gptqmodel.evaluation import (
+    eval_samples, evaluate, load_for_eval, processor_image_size, synthvlm_dir, world_of,
+)
 from vlmq_gptqmodel.rtn import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
+from vlmq_gptqmodel.stats import paired_difference
 from vlmq_gptqmodel.world import calibration_conversations
 
-RESULTS = Path(__file__).resolve().parent / "results"
-# GPTQModel's TorchLinear (the only 2/3-bit CPU kernel) runs in half precision; with --serve gptqmodel
-# FP is scored in the same dtype so that the KL measures quantization, not rounding.
+RESULTS = Path(__file__).resolve().parent / "results" / "quality"
 SERVE_DTYPE = {"dequantized": torch.float32, "gptqmodel": torch.bfloat16}
 SERVED = {"dequantized": "each saved checkpoint's weights dequantized and scored in fp32, as is FP",
           "gptqmodel": "each saved checkpoint loaded by GPTQModel (TorchLinear) and scored in bf16, as is FP"}
+PARTS = ("main", "attention-only", "sweep", "ablations", "gptaq-study")
+# Settings that decide what a stored run means: a quality.json made with other values is not reused.
+IDENTITY = ("model", "eval", "split", "dtype", "serve")
 
 MAIN = {  # label -> (runner method, VLMQ config)
     "GPTQ": ("gptq", None),
@@ -46,6 +58,7 @@ MAIN = {  # label -> (runner method, VLMQ config)
     "VLMQ(gptq)": ("vlmq", VLMQConfig(precursor="gptq")),
     "VLMQ(gptaq)": ("vlmq", VLMQConfig(precursor="gptaq")),
 }
+PAIRS = (("VLMQ(gptq)", "GPTQ"), ("VLMQ(gptaq)", "GPTAQ"))
 
 
 def ablations(base: VLMQConfig) -> dict:
@@ -69,45 +82,83 @@ def ablations(base: VLMQConfig) -> dict:
     return out
 
 
-def parse_setting(text: str) -> tuple:
-    bits, group = text.lower().removeprefix("w").split("g")
-    return int(bits), int(group)
+def gptaq_study() -> dict:
+    """label -> (method, VLMQ config, GPTAQ alpha): the precursor and VLMQ(gptaq) at other alphas, and VLMQ
+    with the asymmetric term left unweighted (H weighted only)."""
+    out = {}
+    for alpha in (0.1, 0.25, 0.5):
+        out[f"GPTAQ alpha={alpha}"] = ("gptaq", None, alpha)
+        out[f"VLMQ(gptaq) alpha={alpha}"] = ("vlmq", VLMQConfig(precursor="gptaq"), alpha)
+    out["VLMQ(gptaq) residual=uniform"] = ("vlmq", VLMQConfig(precursor="gptaq", residual="uniform"), 0.25)
+    return out
+
+
+def parse_setting(text: str) -> tuple[int, int]:
+    try:
+        bits, group = text.lower().removeprefix("w").split("g")
+        return int(bits), int(group)
+    except ValueError:
+        raise SystemExit(f"setting {text!r} is not of the form w<bits>g<group>, e.g. w2g128") from None
+
+
+def parse_ints(text: str, name: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s]
+    except ValueError:
+        raise SystemExit(f"--{name} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
+
+
+def key(part: str, calib: int, bits: int, group: int, label: str, seed: int) -> str:
+    return f"{part}|c{calib}|w{bits}g{group}|{label}|s{seed}"
 
 
 class Bench:
     def __init__(self, args):
         self.args = args
         self.model_dir = Path(args.model) if args.model else synthvlm_dir()
+        self.identity = {"model": self.model_dir.name, "eval": args.eval, "split": args.split,
+                         "dtype": args.dtype, "serve": args.serve}
         self.store = Path(args.results) / "quality.json"
-        self.runs = json.loads(self.store.read_text())["runs"] if self.store.exists() and not args.fresh else {}
+        self.runs = {}
+        if self.store.exists() and not args.fresh:
+            stored = json.loads(self.store.read_text())
+            if stored.get("identity") != self.identity:
+                raise SystemExit(f"{self.store} holds runs made with {stored.get('identity')}, not {self.identity}: "
+                                 f"pass --fresh to replace them or --results DIR for a new folder")
+            self.runs = stored["runs"]
         self.dtype = SERVE_DTYPE[args.serve]
         self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=self.dtype)
         self.size = processor_image_size(self.processor)
-        self.samples = eval_samples(args.eval, seed=0, image_size=self.size)
+        self.world = world_of(self.fp_model)
+        self.samples = eval_samples(args.eval, seed=0, image_size=self.size, world=self.world, split=args.split)
         self.fp = evaluate(self.fp_model, self.processor, self.samples)
+        self.record("FP", self.fp, kinds=self.fp.kinds, lengths=self.fp.answer_lengths)
 
-    def record(self, key: str, result, **extra) -> None:
-        self.runs[key] = {"accuracy": result.accuracy, "per_kind": result.per_kind, "kl": result.mean_kl, **extra}
+    def record(self, name: str, result, **extra) -> None:
+        self.runs[name] = {"accuracy": result.accuracy, "per_kind": result.per_kind, "kl": result.mean_kl,
+                           "correct": "".join("1" if c else "0" for c in result.correct),
+                           "question_kl": [float(f"{x:.4g}") for x in result.question_kl or []], **extra}
         self.store.parent.mkdir(parents=True, exist_ok=True)
-        self.store.write_text(json.dumps({"settings": vars(self.args), "runs": self.runs}, indent=1))
+        tmp = self.store.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"identity": self.identity, "runs": self.runs}))
+        tmp.replace(self.store)
 
-    def fp_and_rtn(self, settings) -> None:
-        self.record("FP", self.fp, seconds=None)
-        for bits, group in settings:
-            key = f"w{bits}g{group}|RTN"
-            if key not in self.runs:
-                rtn = apply_rtn(self.fp_model, bits, group)
-                self.record(key, evaluate(rtn, self.processor, self.samples, reference_logits=self.fp), seconds=None)
-                del rtn
+    def rtn(self, bits: int, group: int, attention_only: bool = False) -> None:
+        name = f"rtn{'-attn' if attention_only else ''}|w{bits}g{group}"
+        if name not in self.runs:
+            model = apply_rtn(self.fp_model, bits, group, attention_only=attention_only)
+            self.record(name, evaluate(model, self.processor, self.samples, reference_logits=self.fp), seconds=None)
 
-    def quantized(self, key: str, bits: int, group: int, seed: int, method: str, cfg) -> None:
-        if key in self.runs:
+    def quantized(self, name: str, bits: int, group: int, seed: int, calib: int, method: str, cfg, *,
+                  attention_only: bool = False, alpha: float = 0.25) -> None:
+        if name in self.runs:
             return
-        calib = calibration_conversations(self.args.calib, seed=seed, image_size=self.size)
-        spec = QuantSpec(bits=bits, group_size=group, dtype=self.args.dtype)
+        conversations = calibration_conversations(calib, seed=seed, image_size=self.size, world=self.world)
+        spec = QuantSpec(bits=bits, group_size=group, dtype=self.args.dtype, attention_only=attention_only,
+                         gptaq_alpha=alpha)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
-            model = quantize_to_dir(self.model_dir, calib, Path(tmp), spec, method, cfg)
+            model = quantize_to_dir(self.model_dir, conversations, Path(tmp), spec, method, cfg)
             seconds = time.perf_counter() - start
             report = getattr(model, "vlmq_report", None)
             del model
@@ -116,169 +167,328 @@ class Bench:
             else:
                 q_model, _ = load_for_eval(tmp, dtype=self.dtype)
             result = evaluate(q_model, self.processor, self.samples, reference_logits=self.fp)
-        self.record(key, result, seconds=seconds, g=summarize_g(report))
-        print(f"{key}: acc {result.accuracy:.3f} kl {result.mean_kl:.4f} ({seconds:.0f} s)", file=sys.stderr, flush=True)
+        self.record(name, result, seconds=seconds, g=summarize_g(report))
+        print(f"{name}: acc {result.accuracy:.3f} kl {result.mean_kl:.5f} ({seconds:.0f} s)", file=sys.stderr,
+              flush=True)
 
 
 def summarize_g(report) -> dict | None:
-    """Mean over layers >= 1 and projections of the vision/text ratio of G: does G down-weight vision?"""
+    """Over layers >= 1 (layer 0 is uniform): the mean vision/text ratio of G, and per projection the mean
+    Kish effective sample size of its Hessian weights (and the token count it is out of)."""
     if not report:
         return None
-    ratios = [s["vision_mean"] / s["text_mean"] for r in report if r["layer"] > 0 and r["policy"] is None
-              for s in r["projections"].values() if s["vision_mean"] is not None and s["text_mean"]]
+    layers = [r for r in report if r["layer"] > 0 and r["policy"] is None]
+    ratios = [s["vision_mean"] / s["text_mean"] for r in layers for s in r["projections"].values()
+              if s["vision_mean"] is not None and s["text_mean"]]
+    ess = {p: statistics.mean(r["projections"][p]["effective_tokens"] for r in layers)
+           for p in ATTENTION_PROJECTIONS if layers and p in layers[0]["projections"]}
     return {"vision_over_text": statistics.mean(ratios) if ratios else None,
+            "effective_tokens": ess, "tokens": layers[0]["projections"][next(iter(ess))]["tokens"] if ess else None,
             "fallbacks": sum(1 for r in report if r["policy"] and "fallback" in r["policy"])}
 
 
-def aggregate(runs: dict, prefix: str, labels, seeds) -> dict:
-    """label -> (mean acc, std acc, mean kl, std kl, mean delta-acc vs `paired` per seed) over seeds."""
-    out = {}
-    for label in labels:
-        accs = [runs[f"{prefix}|{label}|s{s}"]["accuracy"] for s in seeds if f"{prefix}|{label}|s{s}" in runs]
-        kls = [runs[f"{prefix}|{label}|s{s}"]["kl"] for s in seeds if f"{prefix}|{label}|s{s}" in runs]
-        if accs:
-            out[label] = {"acc": statistics.mean(accs), "acc_sd": statistics.stdev(accs) if len(accs) > 1 else 0.0,
-                          "kl": statistics.mean(kls), "kl_sd": statistics.stdev(kls) if len(kls) > 1 else 0.0,
-                          "n": len(accs), "per_seed_acc": accs, "per_seed_kl": kls}
-    return out
+# ---- tables ---------------------------------------------------------------------------------------------------
+
+def seed_runs(runs: dict, part: str, calib: int, bits: int, group: int, label: str, seeds) -> list[dict]:
+    return [runs[k] for s in seeds if (k := key(part, calib, bits, group, label, s)) in runs]
 
 
-def fmt(mean, sd, digits=3) -> str:
-    return f"{mean:.{digits}f} ± {sd:.{digits}f}"
+def mean_sd(xs: list[float]) -> tuple[float, float]:
+    return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
-def main_table(runs, settings, seeds) -> str:
-    lines = ["| setting | method | exact match (mean ± sd) | answer KL vs FP (mean ± sd) | seeds |", "|---|---|---|---|---|"]
-    fp = runs["FP"]
+def method_rows(runs, part, calib, settings, seeds, labels, rtn_prefix: str | None) -> str:
+    lines = ["| setting | method | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | seeds |",
+             "|---|---|---|---|---|"]
     for bits, group in settings:
-        prefix = f"w{bits}g{group}"
-        lines.append(f"| W{bits} g{group} | FP | {fp['accuracy']:.3f} | 0 | - |")
-        rtn = runs.get(f"{prefix}|RTN")
+        lines.append(f"| W{bits} g{group} | FP | {runs['FP']['accuracy']:.3f} | 0 | - |")
+        rtn = runs.get(f"{rtn_prefix}|w{bits}g{group}") if rtn_prefix else None
         if rtn:
-            lines.append(f"| W{bits} g{group} | RTN | {rtn['accuracy']:.3f} | {rtn['kl']:.4f} | - |")
-        for label, r in aggregate(runs, prefix, MAIN, seeds).items():
-            lines.append(f"| W{bits} g{group} | {label} | {fmt(r['acc'], r['acc_sd'])} | {fmt(r['kl'], r['kl_sd'], 4)} | {r['n']} |")
+            lines.append(f"| W{bits} g{group} | RTN | {rtn['accuracy']:.3f} | {1e3 * rtn['kl']:.3f} | - |")
+        for label in labels:
+            done = seed_runs(runs, part, calib, bits, group, label, seeds)
+            if done:
+                acc, acc_sd = mean_sd([r["accuracy"] for r in done])
+                kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
+                lines.append(f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |")
     return "\n".join(lines)
 
 
-def delta_table(runs, settings, seeds) -> str:
-    """VLMQ minus its own precursor, paired per calibration seed (positive = VLMQ better accuracy)."""
-    lines = ["| setting | VLMQ(gptq) - GPTQ: acc | KL | VLMQ(gptaq) - GPTAQ: acc | KL |", "|---|---|---|---|---|"]
+def paired(runs, part, calib, bits, group, method, base, seeds):
+    """(KL difference, accuracy difference) of method minus base over the seeds both have, or None."""
+    both = [s for s in seeds if key(part, calib, bits, group, method, s) in runs
+            and key(part, calib, bits, group, base, s) in runs]
+    if not both:
+        return None
+    lengths = np.array(runs["FP"]["lengths"], dtype=np.float64)
+
+    def matrix(label, field):
+        rows = [runs[key(part, calib, bits, group, label, s)][field] for s in both]
+        return np.array([[int(c) for c in r] if field == "correct" else r for r in rows], dtype=np.float64)
+
+    kl = paired_difference(matrix(method, "question_kl"), matrix(base, "question_kl"), lengths, lower_is_better=True)
+    acc = paired_difference(matrix(method, "correct"), matrix(base, "correct"), lower_is_better=False)
+    return kl, acc
+
+
+def paired_rows(runs, part, calib, settings, seeds, pairs=PAIRS) -> str:
+    lines = ["| setting | comparison | KL ×10⁻³ difference [95 % CI] | KL: seeds won | verdict | "
+             "exact-match difference [95 % CI] | acc: seeds won |", "|---|---|---|---|---|---|---|"]
     for bits, group in settings:
-        prefix, cells = f"w{bits}g{group}", []
-        for vlmq, base in (("VLMQ(gptq)", "GPTQ"), ("VLMQ(gptaq)", "GPTAQ")):
-            pairs = [(runs[f"{prefix}|{vlmq}|s{s}"], runs[f"{prefix}|{base}|s{s}"]) for s in seeds
-                     if f"{prefix}|{vlmq}|s{s}" in runs and f"{prefix}|{base}|s{s}" in runs]
-            if not pairs:
-                cells += ["-", "-"]
+        for method, base in pairs:
+            result = paired(runs, part, calib, bits, group, method, base, seeds)
+            if result is None:
                 continue
-            da = [a["accuracy"] - b["accuracy"] for a, b in pairs]
-            dk = [a["kl"] - b["kl"] for a, b in pairs]
-            sd = (lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0)
-            cells += [f"{statistics.mean(da):+.3f} ± {sd(da):.3f}", f"{statistics.mean(dk):+.4f} ± {sd(dk):.4f}"]
-        lines.append(f"| W{bits} g{group} | " + " | ".join(cells) + " |")
+            kl, acc = result
+            lines.append(f"| W{bits} g{group} | {method} − {base} | {1e3 * kl.mean:+.3f} [{1e3 * kl.low:+.3f}, "
+                         f"{1e3 * kl.high:+.3f}] | {kl.wins}/{kl.seeds} | {kl.verdict} | {acc.mean:+.4f} "
+                         f"[{acc.low:+.4f}, {acc.high:+.4f}] | {acc.wins}/{acc.seeds} |")
     return "\n".join(lines)
 
 
-def ablation_table(runs, settings, seeds, labels, precursor: str) -> str:
-    lines = ["| setting | variant | exact match | answer KL vs FP |", "|---|---|---|---|"]
-    names = {f"VLMQ({precursor})": f"**VLMQ({precursor}): gradient, block, l1, q/k/v/o, layer0 uniform**",
-             precursor.upper(): f"importance=constant (G=I) = {precursor.upper()}"}
+def sweep_rows(runs, sizes, settings, seeds) -> str:
+    lines = ["| setting | samples | method | answer KL ×10⁻³ | exact match | G's effective tokens q / k / v / o "
+             "(of all tokens) |", "|---|---|---|---|---|---|"]
     for bits, group in settings:
-        prefix = f"w{bits}g{group}"
-        for label, r in aggregate(runs, prefix, names, seeds).items():
-            lines.append(f"| W{bits} g{group} | {names[label]} | {fmt(r['acc'], r['acc_sd'])} | {fmt(r['kl'], r['kl_sd'], 4)} |")
-        for name, r in aggregate(runs, prefix + "|abl", labels, seeds).items():
-            lines.append(f"| W{bits} g{group} | {name} | {fmt(r['acc'], r['acc_sd'])} | {fmt(r['kl'], r['kl_sd'], 4)} |")
+        for calib in sizes:
+            for label in MAIN:
+                done = seed_runs(runs, "sweep", calib, bits, group, label, seeds)
+                if not done:
+                    continue
+                ess = ""
+                if done[0].get("g"):
+                    g = done[0]["g"]
+                    ess = " / ".join(f"{statistics.mean(r['g']['effective_tokens'][p] for r in done):.0f}"
+                                     for p in ATTENTION_PROJECTIONS) + f" (of {g['tokens']})"
+                lines.append(f"| W{bits} g{group} | {calib} | {label} | "
+                             f"{statistics.mean(1e3 * r['kl'] for r in done):.3f} | "
+                             f"{statistics.mean(r['accuracy'] for r in done):.3f} | {ess} |")
     return "\n".join(lines)
 
 
-def chart(runs, settings, seeds, path: Path) -> None:
+def variant_rows(runs, part, calib, settings, seeds, labels) -> str:
+    lines = ["| setting | variant | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | seeds |",
+             "|---|---|---|---|---|"]
+    for bits, group in settings:
+        for label in labels:
+            done = seed_runs(runs, part, calib, bits, group, label, seeds)
+            if done:
+                acc, acc_sd = mean_sd([r["accuracy"] for r in done])
+                kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
+                lines.append(f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |")
+    return "\n".join(lines)
+
+
+def part_minutes(runs, part: str) -> float:
+    return sum(r.get("seconds") or 0 for k, r in runs.items() if k.startswith(part + "|")) / 60
+
+
+# ---- charts ---------------------------------------------------------------------------------------------------
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = ["RTN", *MAIN]
+    return plt
+
+
+def main_chart(runs, calib, settings, seeds, path: Path, title: str) -> None:
+    plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
-    width = 0.8 / len(labels)
-    for ax, metric in zip(axes, ("acc", "kl")):
-        for j, label in enumerate(labels):
+    width = 0.8 / (len(MAIN) + 1)
+    for ax, metric in zip(axes, ("accuracy", "kl")):
+        for j, label in enumerate(["RTN", *MAIN]):
             xs, ys, es = [], [], []
             for i, (bits, group) in enumerate(settings):
-                prefix = f"w{bits}g{group}"
-                if label == "RTN":
-                    r = runs.get(f"{prefix}|RTN")
-                    if r:
-                        xs.append(i), ys.append(r["accuracy"] if metric == "acc" else r["kl"]), es.append(0)
-                    continue
-                agg = aggregate(runs, prefix, [label], seeds).get(label)
-                if agg:
-                    xs.append(i), ys.append(agg[metric]), es.append(agg[metric + "_sd"])
-            ax.bar([x + (j - len(labels) / 2 + 0.5) * width for x in xs], ys, width, yerr=es, label=label, capsize=2)
-        if metric == "acc":
+                done = ([runs[k]] if (k := f"rtn|w{bits}g{group}") in runs else []) if label == "RTN" else \
+                    seed_runs(runs, "main", calib, bits, group, label, seeds)
+                if done:
+                    mean, sd = mean_sd([r[metric] for r in done])
+                    xs.append(i), ys.append(mean), es.append(sd)
+            ax.bar([x + (j - (len(MAIN) + 1) / 2 + 0.5) * width for x in xs], ys, width, yerr=es, label=label,
+                   capsize=2)
+        if metric == "accuracy":
             ax.axhline(runs["FP"]["accuracy"], color="k", ls="--", lw=1, label="FP")
-            ax.set_ylabel("exact match (held-out)")
+            ax.set_ylabel("exact match")
         else:
             ax.set_ylabel("answer-token KL vs FP (lower is better)")
             ax.set_yscale("log")
         ax.set_xticks(range(len(settings)), [f"W{b} g{g}" for b, g in settings])
     axes[0].legend(fontsize=8, ncol=2)
-    fig.suptitle(f"synthvlm, mean ± sd over calibration seeds {list(seeds)}")
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
-def main() -> None:
+def sweep_chart(runs, sizes, settings, seeds, path: Path, title: str) -> None:
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(settings), figsize=(6 * len(settings), 4.2), squeeze=False)
+    for ax, (bits, group) in zip(axes[0], settings):
+        for label in MAIN:
+            xs, ys = [], []
+            for calib in sizes:
+                done = seed_runs(runs, "sweep", calib, bits, group, label, seeds)
+                if done:
+                    xs.append(calib), ys.append(statistics.mean(1e3 * r["kl"] for r in done))
+            ax.plot(xs, ys, marker="o", label=label)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("calibration samples")
+        ax.set_ylabel("answer KL vs FP ×10⁻³ (lower is better)")
+        ax.set_title(f"W{bits} g{group}")
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---- run ------------------------------------------------------------------------------------------------------
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", help="FP model directory (default: the shipped synthvlm)")
-    p.add_argument("--settings", default="w4g128,w3g128,w2g128,w4g32,w3g32,w2g32")
-    p.add_argument("--seeds", default="0,1,2")
-    p.add_argument("--calib", type=int, default=64, help="calibration images per seed")
-    p.add_argument("--eval", type=int, default=100, help="held-out evaluation images (about 5 questions each)")
+    p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
+    p.add_argument("--settings", default="w4g128,w3g128,w2g128,w3g32,w2g32", help="settings of the main part")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="calibration seeds of the main and attention-only parts")
+    p.add_argument("--calib", type=int, default=512, help="calibration images per seed (the paper: 512)")
+    p.add_argument("--eval", type=int, default=320,
+                   help="images scored (about 3.3 questions each: 320 gives over 1,000 questions)")
+    p.add_argument("--split", choices=("eval", "select"), default="eval",
+                   help="eval: the held-out evaluation split (reporting only); select: the selection split, on "
+                        "which settings may be chosen")
     p.add_argument("--dtype", default="float32",
                    help="layer dtype while quantizing (auto = GPTQModel's choice, bf16 on CPU)")
     p.add_argument("--serve", choices=tuple(SERVE_DTYPE), default="dequantized",
                    help="score checkpoints as dequantized fp32 weights, or through GPTQModel's TorchLinear in bf16")
-    p.add_argument("--no-ablations", dest="ablations", action="store_false")
-    p.add_argument("--ablation-settings", default="w3g32,w2g32")
-    p.add_argument("--ablation-seeds", default=None, help="calibration seeds of the ablations (default: --seeds)")
+    p.add_argument("--attention-settings", default="w3g128,w2g128")
+    p.add_argument("--sweep-sizes", default="64,128,256,512,1024")
+    p.add_argument("--sweep-settings", default="w3g128,w2g128")
+    p.add_argument("--sweep-seeds", default="0")
+    p.add_argument("--ablation-settings", default="w2g128")
+    p.add_argument("--ablation-seeds", default="0,1,2")
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
-    p.add_argument("--results", default=str(RESULTS),
-                   help="folder for quality.json/.md/.png; runs already in its quality.json are reused")
+    p.add_argument("--study-settings", default="w2g128")
+    p.add_argument("--study-seeds", default="0,1,2")
+    p.add_argument("--results", default=None,
+                   help="folder for quality.json/.md/.png (default benchmarks/results/quality/<model>[-select]); "
+                        "runs already in its quality.json are reused")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in quality.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    parts = [s for s in args.parts.split(",") if s]
+    unknown = [s for s in parts if s not in PARTS]
+    if unknown:
+        raise SystemExit(f"--parts: {unknown} not among {PARTS}")
+    if args.calib < 1 or args.eval < 1:
+        raise SystemExit("--calib and --eval must be at least 1")
+    args.parts = parts
+    if args.results is None:
+        name = Path(args.model).name if args.model else "synthvlm"
+        args.results = str(RESULTS / (name + ("-select" if args.split == "select" else "")))
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
     settings = [parse_setting(s) for s in args.settings.split(",")]
-    abl_settings = [parse_setting(s) for s in args.ablation_settings.split(",")] if args.ablations else []
-    seeds = [int(s) for s in args.seeds.split(",")]
-    abl_seeds = [int(s) for s in args.ablation_seeds.split(",")] if args.ablation_seeds else seeds
+    attn_settings = [parse_setting(s) for s in args.attention_settings.split(",")]
+    sweep_settings = [parse_setting(s) for s in args.sweep_settings.split(",")]
+    abl_settings = [parse_setting(s) for s in args.ablation_settings.split(",")]
+    study_settings = [parse_setting(s) for s in args.study_settings.split(",")]
+    seeds, sizes = parse_ints(args.seeds, "seeds"), parse_ints(args.sweep_sizes, "sweep-sizes")
+    sweep_seeds, abl_seeds = parse_ints(args.sweep_seeds, "sweep-seeds"), parse_ints(args.ablation_seeds, "ablation-seeds")
+    study_seeds = parse_ints(args.study_seeds, "study-seeds")
     bench = Bench(args)
-    bench.fp_and_rtn(settings)
-    for seed in seeds:
-        for bits, group in settings:
-            for label, (method, cfg) in MAIN.items():
-                bench.quantized(f"w{bits}g{group}|{label}|s{seed}", bits, group, seed, method, cfg)
     abl = ablations(VLMQConfig(precursor=args.ablation_precursor))
-    for seed in abl_seeds:
-        for bits, group in abl_settings:
-            for name, cfg in abl.items():
-                bench.quantized(f"w{bits}g{group}|abl|{name}|s{seed}", bits, group, seed, "vlmq", cfg)
-    runs = bench.runs
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
-    text = [f"# Quantization quality on synthvlm\n",
-            f"{len(bench.fp.correct)} held-out questions ({args.eval} eval images), {args.calib} calibration "
-            f"images per seed, seeds {seeds}, quantized in {args.dtype}, act-order on, asymmetric, damp 0.01; "
-            f"{SERVED[args.serve]}.\n",
-            "## Main table\n", main_table(runs, settings, seeds),
-            "\n## VLMQ minus its precursor (paired by calibration seed)\n", delta_table(runs, settings, seeds)]
-    if abl_settings:
-        text += [f"\n## Ablations (VLMQ, precursor {args.ablation_precursor}, seeds {abl_seeds})\n",
-                 ablation_table(runs, abl_settings, abl_seeds, list(abl), args.ablation_precursor)]
-    text += [f"\nreproduce: `{command}`\n"]
+    study = gptaq_study()
+    if "main" in args.parts:
+        for bits, group in settings:
+            bench.rtn(bits, group)
+        for seed in seeds:
+            for bits, group in settings:
+                for label, (method, cfg) in MAIN.items():
+                    bench.quantized(key("main", args.calib, bits, group, label, seed), bits, group, seed, args.calib,
+                                    method, cfg)
+    if "attention-only" in args.parts:
+        for bits, group in attn_settings:
+            bench.rtn(bits, group, attention_only=True)
+        for seed in seeds:
+            for bits, group in attn_settings:
+                for label, (method, cfg) in MAIN.items():
+                    bench.quantized(key("attn", args.calib, bits, group, label, seed), bits, group, seed, args.calib,
+                                    method, cfg, attention_only=True)
+    if "sweep" in args.parts:
+        for seed in sweep_seeds:
+            for calib in sizes:
+                for bits, group in sweep_settings:
+                    for label, (method, cfg) in MAIN.items():
+                        bench.quantized(key("sweep", calib, bits, group, label, seed), bits, group, seed, calib,
+                                        method, cfg)
+    if "ablations" in args.parts:
+        for seed in abl_seeds:
+            for bits, group in abl_settings:
+                for name, cfg in abl.items():
+                    bench.quantized(key("abl", args.calib, bits, group, name, seed), bits, group, seed, args.calib,
+                                    "vlmq", cfg)
+    if "gptaq-study" in args.parts:
+        for seed in study_seeds:
+            for bits, group in study_settings:
+                for name, (method, cfg, alpha) in study.items():
+                    bench.quantized(key("study", args.calib, bits, group, name, seed), bits, group, seed,
+                                    args.calib, method, cfg, alpha=alpha)
+    write_report(bench, args, settings, attn_settings, sweep_settings, sizes, abl_settings, study_settings,
+                 seeds, sweep_seeds, abl_seeds, study_seeds, abl, study)
+
+
+def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, abl_settings, study_settings,
+                 seeds, sweep_seeds, abl_seeds, study_seeds, abl, study) -> None:
+    runs, calib = bench.runs, args.calib
     results = Path(args.results)
+    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
+    model = bench.identity["model"]
+    text = [f"# Quantization quality on {model}\n",
+            f"{len(bench.fp.correct)} questions ({args.eval} images of the {args.split} split, world "
+            f"{bench.world!r}), {calib} calibration images per seed unless the sweep says otherwise, quantized in "
+            f"{args.dtype}, act-order on, asymmetric, damp 0.01, GPTAQ alpha 0.25; {SERVED[args.serve]}. "
+            f"Paired differences: method minus its precursor, per calibration seed and question, 95 % bootstrap "
+            f"interval over seeds and questions; \"no difference\" where it contains 0.\n"]
+    if any(k.startswith("main|") for k in runs):
+        text += [f"## Main (seeds {seeds}; {part_minutes(runs, 'main'):.0f} min of quantization so far)\n",
+                 method_rows(runs, "main", calib, settings, seeds, MAIN, "rtn"),
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "main", calib, settings, seeds)]
+        main_chart(runs, calib, settings, seeds, results / "quality.png",
+                   f"{model}, {calib} calibration samples, mean ± sd over seeds {seeds}")
+    if any(k.startswith("attn|") for k in runs):
+        text += [f"\n## Attention only: q/k/v/o quantized, MLP kept FP (seeds {seeds}; "
+                 f"{part_minutes(runs, 'attn'):.0f} min)\n",
+                 method_rows(runs, "attn", calib, attn_settings, seeds, MAIN, "rtn-attn"),
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, seeds)]
+    if any(k.startswith("sweep|") for k in runs):
+        text += [f"\n## Calibration-size sweep (seeds {sweep_seeds}; {part_minutes(runs, 'sweep'):.0f} min)\n",
+                 "Effective tokens: Kish's effective sample size (Σg²)²/Σg⁴ of each projection's Hessian weights, "
+                 "mean over layers 1 and up, for the VLMQ rows.\n", sweep_rows(runs, sizes, sweep_settings, sweep_seeds)]
+        sweep_chart(runs, sizes, sweep_settings, sweep_seeds, results / "sweep.png",
+                    f"{model}: answer KL vs calibration samples, seeds {sweep_seeds}")
+    if any(k.startswith("abl|") for k in runs):
+        text += [f"\n## Ablations (VLMQ, precursor {args.ablation_precursor}, seeds {abl_seeds}; "
+                 f"{part_minutes(runs, 'abl'):.0f} min)\n",
+                 "The unablated rows are the main part's.\n",
+                 variant_rows(runs, "main", calib, abl_settings, abl_seeds,
+                              [args.ablation_precursor.upper(), f"VLMQ({args.ablation_precursor})"]),
+                 variant_rows(runs, "abl", calib, abl_settings, abl_seeds, list(abl)).split("\n", 2)[2]]
+    if any(k.startswith("study|") for k in runs):
+        text += [f"\n## GPTAQ study (seeds {study_seeds}; {part_minutes(runs, 'study'):.0f} min)\n",
+                 variant_rows(runs, "study", calib, study_settings, study_seeds, list(study)),
+                 "\n### Paired\n",
+                 paired_rows(runs, "study", calib, study_settings, study_seeds,
+                             [(f"VLMQ(gptaq) alpha={a}", f"GPTAQ alpha={a}") for a in (0.1, 0.25, 0.5)]
+                             + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
+                                ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
+    text += [f"\nreproduce: `{command}`\n"]
     results.mkdir(parents=True, exist_ok=True)
     (results / "quality.md").write_text("\n".join(text))
-    chart(runs, settings, seeds, results / "quality.png")
     print("\n".join(text))
 
 

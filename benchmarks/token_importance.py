@@ -35,6 +35,7 @@ from vlmq_gptqmodel.compare import decoder_layers
 from vlmq_gptqmodel.config import PRECURSORS, VLMQConfig
 from vlmq_gptqmodel.dequantized import load_dequantized
 from vlmq_gptqmodel.evaluation import load_for_eval, processor_image_size, synthvlm_dir
+from vlmq_gptqmodel.importance import effective_tokens
 from vlmq_gptqmodel.layer_importance import LayerStreams, layer_importance
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.world import make_samples
@@ -95,7 +96,7 @@ def structure(g: list[torch.Tensor], vision: list[torch.Tensor], item: list[torc
         "obj/bg": float(g_all[i_all].mean() / g_all[background].mean()),
         "top-k": hits / ks,
         "bg H share": float(h[background].sum() / h.sum()),
-        "eff. tokens": float(h.sum() ** 2 / h.pow(2).sum()),
+        "eff. tokens": effective_tokens(g_all),
     }
 
 

@@ -183,3 +183,43 @@ def test_gptqmodel_default_disk_offload_gives_the_same_checkpoint(tiny_vlm, cali
         model.save(str(tmp_path / str(offload)))
     a, b = (load_file(str(tmp_path / str(o) / "model.safetensors")) for o in (True, False))
     _assert_same_tensors({k: v for k, v in a.items() if ".layers." in k}, {k: v for k, v in b.items() if ".layers." in k})
+
+
+def test_uniform_residual_changes_only_the_weighted_gptaq_projections(tiny_vlm, calib, quantize, packed, tmp_path):
+    src = tiny_vlm("qwen2_vl")
+    weighted = packed(quantize(src, calib, bits=3, method="vlmq", vlmq=VLMQConfig(precursor="gptaq")),
+                      tmp_path / "weighted")
+    uniform = packed(quantize(src, calib, bits=3, method="vlmq",
+                              vlmq=VLMQConfig(precursor="gptaq", residual="uniform")), tmp_path / "uniform")
+    key = "model.language_model.layers.{}.self_attn.{}.qweight"
+    # layer 0 has no upstream error (X_fp == X): its asymmetric term is zero either way
+    assert torch.equal(weighted[key.format(0, "q_proj")], uniform[key.format(0, "q_proj")])
+    # from layer 1 on the asymmetric term differs, so the q/k/v qweights do
+    assert any(not torch.equal(weighted[key.format(1, p)], uniform[key.format(1, p)])
+               for p in ("q_proj", "k_proj", "v_proj"))
+
+
+def test_attention_only_keeps_every_mlp_linear_in_full_precision(tiny_vlm, calib, tmp_path):
+    from safetensors.torch import load_file
+
+    from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
+
+    src = tiny_vlm("qwen2_vl")
+    quantize_to_dir(src, calib, tmp_path, QuantSpec(bits=3, group_size=32, attention_only=True), "vlmq",
+                    VLMQConfig(precursor="gptq"))
+    tensors = load_file(str(tmp_path / "model.safetensors"))
+    quantized = {k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")}
+    assert quantized and all(".self_attn." in k for k in quantized)
+    assert {k.rsplit(".", 1)[0] for k in quantized} >= {"model.language_model.layers.0.self_attn"}
+    source = load_file(str(src / "model.safetensors"))
+    mlp = [k for k in tensors if ".language_model.layers." in k and ".mlp." in k]
+    original = {k: source[k.replace("model.language_model.", "model.")] for k in mlp}  # the tiny model's key names
+    assert mlp and all(k.endswith(".weight") and torch.equal(tensors[k], original[k].to(tensors[k].dtype))
+                       for k in mlp)
+
+
+def test_residual_option_is_validated():
+    with pytest.raises(ValueError, match="residual"):
+        VLMQConfig(residual="half")
+    with pytest.raises(ValueError, match="precursor='gptaq'"):
+        VLMQConfig(precursor="gptq", residual="uniform")

@@ -97,3 +97,22 @@ def test_token_weights_must_match_the_activation_rows():
     task = make_token_weighted(GPTQ(_named(), QuantizeConfig(bits=4, group_size=16)), lambda b: gs[b][:, :-1])
     with pytest.raises(RuntimeError, match="do not match"):
         task.add_batch(xs[0], None, batch_index=0)
+
+
+def test_uniform_residual_weights_the_hessian_but_not_the_asymmetric_term():
+    xs, nat, gs = _batches()
+    qcfg = QuantizeConfig(bits=4, group_size=16, gptaq=GPTAQConfig(device="cpu"))
+    m2 = 1.7  # the scale the processor passes: mean g^2 over the layer's tokens
+    task = make_token_weighted(GPTAQ(_named(nat), qcfg), lambda b: gs[b], lambda: m2)
+    _feed(task, xs)
+    X, Xn = _cols(xs), _cols(nat)
+    G2 = torch.diag(torch.cat([x.reshape(-1) for x in gs]).double() ** 2)
+    scale = 2.0 / len(xs)
+    assert torch.allclose(task.H.double(), scale * X @ G2 @ X.T, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(task.dXXT.double(), scale * m2 * (Xn - X) @ X.T, rtol=1e-4, atol=1e-5)
+
+
+def test_a_residual_scale_needs_a_gptaq_task():
+    xs, _, gs = _batches()
+    with pytest.raises(ValueError, match="GPTAQ"):
+        make_token_weighted(GPTQ(_named(), QuantizeConfig(bits=4, group_size=16)), lambda b: gs[b], lambda: 1.0)

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from vlmq_gptqmodel import tiny_vlm
 from vlmq_gptqmodel.evaluation import evaluate
 from vlmq_gptqmodel.world import (
-    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, STAGES, Scene, assistant_turn, make_sample, user_turn,
+    CAPTION_PROMPT, FINAL_STAGE, WORLD_IMAGE_SIZE, WORLDS, Scene, assistant_turn, make_sample, user_turn,
 )
 from vlmq_gptqmodel.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
 from vlmq_gptqmodel.world.scene import SceneText
@@ -64,13 +64,29 @@ VALIDATION_SEED = 1  # train split, seed 1: disjoint from the training stream (s
 ARCH = tiny_vlm.SYNTHVLM_ARCH
 
 
+# Named recipes: each sets the defaults below (explicit flags still win). "synthvlm" is the shipped 4-layer
+# model; "deep" is the headroom yardstick (synthvlm-deep): 8 layers, 392 px images (196 image tokens, about
+# five times a caption's text tokens) and the deep world's longer texts and busier scenes.
+PRESETS = {
+    "synthvlm": {},
+    "deep": dict(world="deep", image_size=WORLD_IMAGE_SIZE["deep"], layers=8, batch_size=24,
+                 max_minutes=170.0, out="runs/deep"),
+}
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=tuple(PRESETS), default="synthvlm",
+                   help="a named recipe that sets the defaults of the other flags (synthvlm: the shipped model; "
+                        "deep: the 8-layer, 196-image-token headroom model)")
+    p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
+                   help="which synthetic world to learn (its final stage is the evaluation distribution)")
+    p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     p.add_argument("--out", default="runs/synthvlm")
     p.add_argument("--export", default=None, help="write the final model (fp16, save_pretrained) here")
     p.add_argument("--export-only", action="store_true", help="export OUT/ckpt.pt to --export without training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=DEFAULT_IMAGE_SIZE)
+    p.add_argument("--image-size", type=int, default=WORLD_IMAGE_SIZE["synthvlm"])
     p.add_argument("--hidden", type=int, default=SIZES["hidden_size"])
     p.add_argument("--layers", type=int, default=SIZES["num_hidden_layers"])
     p.add_argument("--heads", type=int, default=SIZES["num_attention_heads"])
@@ -107,6 +123,8 @@ def parse_args(argv=None):
     p.add_argument("--bf16", action="store_true",
                    help="bf16 autocast: faster only on CPUs with bf16 matrix units (AVX512-BF16/AMX); on an "
                         "AVX2-only CPU one step took 37-50 s instead of 1.4 s in fp32")
+    preset, _ = p.parse_known_args(argv)
+    p.set_defaults(**PRESETS[preset.preset])
     args = p.parse_args(argv)
     # Checked here, before --out is created: a refused run leaves nothing behind.
     if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
@@ -125,6 +143,7 @@ def build_fresh_model(args):
         **tiny_vlm.special_token_ids(tokenizer),
     )
     model = tiny_vlm.build_model(config, seed=args.seed)
+    model.config.synth_world = args.world  # evaluation and the benchmarks read the world off the config
     model.generation_config = tiny_vlm.greedy_generation_config(tokenizer)
     return model, processor
 
@@ -181,9 +200,10 @@ class CurriculumStream:
         rows = Rows([], [], [], [])
         while len(rows.conversations) < self.args.batch_size:
             s = stage if stage == 1 or rng.random() >= self.args.replay else int(rng.integers(1, stage))
-            sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s)
+            sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s,
+                                 world=self.args.world)
             self.counters[s] += 1
-            captions = STAGES[s - 1].captions and rng.random() < self.args.caption_probability
+            captions = WORLDS[self.args.world][s - 1].captions and rng.random() < self.args.caption_probability
             for conversation, subject in training_rows(sample, rng, captions)[:self.args.batch_size - len(rows.conversations)]:
                 rows.conversations.append(conversation)
                 rows.images.append(sample.image)
@@ -295,7 +315,7 @@ def binding_loss(weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     if len(targets) == 0:
         return weights.sum() * 0
     picked = weights[targets[:, 0], targets[:, 1], targets[:, 2]].float()
-    per_query = torch.zeros(int(targets[:, 3].max()) + 1).index_add(0, targets[:, 3], picked)
+    per_query = torch.zeros(int(targets[:, 3].max()) + 1, device=picked.device).index_add(0, targets[:, 3], picked)
     return -torch.log(per_query + 1e-6).mean()
 
 
@@ -329,7 +349,7 @@ def validate(model, processor, args, stage: int) -> dict:
     model.eval()
     report = {}
     for s in sorted({stage, FINAL_STAGE}):
-        samples = [make_sample("train", i, VALIDATION_SEED, image_size=args.image_size, stage=s)
+        samples = [make_sample("train", i, VALIDATION_SEED, image_size=args.image_size, stage=s, world=args.world)
                    for i in range(args.val_samples)]
         real = evaluate(model, processor, samples)
         blank = evaluate(model, processor, blanked(samples, args.image_size, s))
@@ -372,12 +392,12 @@ class Clock:
         return {"minutes": round(state["elapsed"] / 60, 2), "cpu_minutes": round(state["cpu"] / 60, 2)}
 
 
-def train_step(model, optimizers, batch, bf16: bool, auxiliary=None) -> tuple[float, dict[str, float]]:
+def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type: str = "cpu") -> tuple[float, dict[str, float]]:
     """One update. auxiliary maps a name to (weight, loss function); each function is called after the
     forward pass (it reads what the hooks kept) and its weighted loss is added to the answer loss."""
     auxiliary = auxiliary or {}
     # optional bf16 autocast: fp32 master weights and loss, bf16 matmuls
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
         loss = training_loss(model, batch)
         extra = {name: compute() for name, (_, compute) in auxiliary.items()}
     for optimizer in optimizers:
@@ -404,10 +424,12 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    device = torch.device(args.device)
     model, processor = build_fresh_model(args)
     n_tiles = args.image_size // TOKEN_PIXELS
     probes = torch.nn.ModuleDict({name: TileProbe(model.config.text_config.hidden_size, n_tiles)
                                   for name in ("tiles", "read")})
+    model.to(device), probes.to(device)
     vision_tokens = VisionTokens(model)
     hops = (args.bind_layer - 1, args.bind_layer)
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
@@ -418,7 +440,7 @@ def main(argv=None) -> int:
              "elapsed": 0.0, "cpu": 0.0}
     ckpt = out / "ckpt.pt"
     if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False)
+        saved = torch.load(ckpt, weights_only=False, map_location=device)
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         probe_state, probe_optimizer_state = saved.pop("probe", None), saved.pop("probe_optimizer", None)
@@ -457,16 +479,18 @@ def main(argv=None) -> int:
         for group in optimizer.param_groups + probe_optimizer.param_groups:
             group["lr"] = learning_rate(state["step"], args, state["final_start"])
         rows = stream.batch(state["stage"], rng)
-        batch = encode_training_batch(processor, rows.conversations, rows.images)
+        batch = encode_training_batch(processor, rows.conversations, rows.images).to(device)
         auxiliary = {}
         labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in rows.scenes]))
+        labels = labels.to(device)
         if args.tile_loss > 0:
-            every_tile = torch.arange(n_tiles ** 2).repeat(len(rows.scenes))
+            every_tile = torch.arange(n_tiles ** 2, device=device).repeat(len(rows.scenes))
             auxiliary["tile_loss"] = (args.tile_loss,
                                       lambda: probes["tiles"].loss(vision_tokens.tokens, labels, every_tile))
         if head_attention is not None:
-            targets = binding_targets(batch["input_ids"], batch["labels_mask"], rows.subjects, args.image_size,
-                                      processor.tokenizer)
+            targets = binding_targets(batch["input_ids"].cpu(), batch["labels_mask"].cpu(), rows.subjects,
+                                      args.image_size, processor.tokenizer)
+            targets = tuple(t.to(device) for t in targets)
             for name, layer, hop_targets in zip(("gather_loss", "read_loss"), hops, targets):
                 auxiliary[name] = (args.bind_loss, lambda layer=layer, hop_targets=hop_targets:
                                    binding_loss(head_attention.weights[layer], hop_targets))
@@ -475,7 +499,7 @@ def main(argv=None) -> int:
                 tiles = read_tiles(batch["input_ids"], read, model.config.image_token_id)
                 auxiliary["read_probe_loss"] = (args.read_loss, lambda: probes["read"].loss(
                     read_output.hidden[read[:, 0], read[:, 1]], labels[read[:, 0] * n_tiles ** 2 + tiles], tiles))
-        loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary)
+        loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
         for name, value in {"loss": loss, **extra}.items():
             running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
         state["step"] += 1

@@ -18,6 +18,9 @@ GRANULARITIES = ("block", "layer")  # block: L = |Attn(X) - Attn(X_hat)|^2 (VLMQ
 NORMS = ("l1", "l2")
 PRECURSORS = ("gptaq", "gptq")
 LAYER0_POLICIES = ("uniform", "rtn_probe")
+# how the GPTAQ precursor's asymmetric term sees G: "weighted", (X_fp - X) G^2 X^T (the paper's Eq. 19), or
+# "uniform", (X_fp - X) X^T scaled by mean(g^2) so it stays on H~'s scale (every token alike)
+RESIDUALS = ("weighted", "uniform")
 
 
 @dataclass
@@ -35,6 +38,7 @@ class VLMQConfig:
     layer0:      layer 0 sees X_hat == X so dL/dz == 0. "uniform": quantize it with G = I;
                  "rtn_probe": take the gradient of |Attn(X) - Attn_rtn(X)|^2 where Attn_rtn has its
                  projections round-to-nearest quantized at the target bits.
+    residual:    with precursor="gptaq", how its asymmetric term is weighted (see RESIDUALS).
     min_weight:  floor on g after it is normalized to mean 1 over the calibration tokens of a
                  projection, so that a feature column can never vanish from H only because of G
                  (GPTQModel zeroes weight columns whose Hessian diagonal is 0).
@@ -47,6 +51,7 @@ class VLMQConfig:
     targets: Tuple[str, ...] = ATTENTION_PROJECTIONS
     precursor: str = "gptaq"
     layer0: str = "uniform"
+    residual: str = "weighted"
     min_weight: float = 1e-3
     random_ratio: float = 0.5
     random_factor: float = 0.01
@@ -58,6 +63,10 @@ class VLMQConfig:
         _one_of("norm", self.norm, NORMS)
         _one_of("precursor", self.precursor, PRECURSORS)
         _one_of("layer0", self.layer0, LAYER0_POLICIES)
+        _one_of("residual", self.residual, RESIDUALS)
+        if self.residual != "weighted" and self.precursor != "gptaq":
+            raise ValueError(f"VLMQConfig.residual={self.residual!r} changes GPTAQ's asymmetric term; the GPTQ "
+                             f"precursor has none: use precursor='gptaq' or leave residual='weighted'.")
         if isinstance(self.targets, str):
             self.targets = (self.targets,)
         self.targets = tuple(self.targets)

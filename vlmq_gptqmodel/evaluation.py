@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from vlmq_gptqmodel.world import QA, Sample, make_samples, user_turn
+from vlmq_gptqmodel.world import DEFAULT_WORLD, QA, Sample, make_samples, user_turn
 from vlmq_gptqmodel.tiny_vlm import IM_END
 
 DEFAULT_EVAL_SAMPLES = 100
@@ -58,6 +58,12 @@ class EvalResult:
     correct: list[bool]
     answer_logprobs: list[torch.Tensor] = field(repr=False)
     mean_kl: float | None = None
+    # per question: KL(FP || model) summed over its answer tokens (with a reference; for paired statistics)
+    question_kl: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def answer_lengths(self) -> list[int]:
+        return [len(lp) for lp in self.answer_logprobs]
 
     @property
     def accuracy(self) -> float:
@@ -124,14 +130,25 @@ def answer_logprobs_and_hits(logits: torch.Tensor, input_ids: torch.Tensor, leng
     return logprobs, hits
 
 
-def mean_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> float:
-    """Mean over all answer positions of KL(reference || candidate), both given as log-probabilities."""
+def position_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> torch.Tensor:
+    """KL(reference || candidate) at every answer position of every question, in question order; both are
+    given as log-probabilities."""
     if len(reference) != len(candidate) or any(r.shape != c.shape for r, c in zip(reference, candidate)):
         raise ValueError("the reference was computed on different questions; evaluate both models on the same "
                          "samples (same --n and seed)")
     ref, cand = torch.cat(reference), torch.cat(candidate)
-    per_position = F.kl_div(cand, ref, log_target=True, reduction="none").sum(-1)
-    return float(per_position.mean())
+    return F.kl_div(cand, ref, log_target=True, reduction="none").sum(-1)
+
+
+def mean_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> float:
+    """Mean over all answer positions of KL(reference || candidate), both given as log-probabilities."""
+    return float(position_kl(reference, candidate).mean())
+
+
+def question_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> list[float]:
+    """Per question: KL(reference || candidate) summed over its answer positions."""
+    per_position = position_kl(reference, candidate)
+    return [float(part.sum()) for part in per_position.split([len(r) for r in reference])]
 
 
 def hf_model(model):
@@ -169,6 +186,7 @@ def evaluate(model, processor, samples: list[Sample], *, reference_logits=None,
     if reference_logits is not None:
         ref = reference_logits.answer_logprobs if isinstance(reference_logits, EvalResult) else reference_logits
         result.mean_kl = mean_kl(ref, logprobs)
+        result.question_kl = question_kl(ref, logprobs)
     return result
 
 
@@ -200,10 +218,18 @@ def load_for_eval(model_dir, *, dtype: torch.dtype = torch.float32):
     return model.eval(), processor
 
 
-def eval_samples(n: int = DEFAULT_EVAL_SAMPLES, seed: int = 0, *, image_size: int | None = None) -> list[Sample]:
-    """The held-out evaluation split at the model's image size (never used for training or tuning)."""
+def eval_samples(n: int = DEFAULT_EVAL_SAMPLES, seed: int = 0, *, image_size: int | None = None,
+                 world: str = DEFAULT_WORLD, split: str = "eval") -> list[Sample]:
+    """The held-out evaluation split at the model's image size, in the model's world (never used for
+    training or tuning). split="select" gives the selection split, on which settings may be chosen."""
     kw = {} if image_size is None else {"image_size": image_size}
-    return make_samples("eval", n, seed, **kw)
+    return make_samples(split, n, seed, world=world, **kw)
+
+
+def world_of(model) -> str:
+    """The synthetic world a model was trained on (the training script writes it into the config; models
+    without it are the original world's)."""
+    return getattr(hf_model(model).config, "synth_world", DEFAULT_WORLD)
 
 
 def processor_image_size(processor) -> int:
@@ -215,7 +241,7 @@ def evaluate_dir(model_dir, *, n: int = DEFAULT_EVAL_SAMPLES, seed: int = 0, ref
                  batch_size: int = DEFAULT_BATCH_SIZE) -> EvalResult:
     """Load and evaluate `model_dir` (FP or GPTQ); with `reference_dir` also the KL against that FP model."""
     model, processor = load_for_eval(model_dir)
-    samples = eval_samples(n, seed, image_size=processor_image_size(processor))
+    samples = eval_samples(n, seed, image_size=processor_image_size(processor), world=world_of(model))
     reference = None
     if reference_dir is not None:
         ref_model, ref_processor = load_for_eval(reference_dir)

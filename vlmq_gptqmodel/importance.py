@@ -112,6 +112,13 @@ def weight_tokens(x: Tensor, g: Tensor) -> Tensor:
     return x.float() * g.to(device=x.device, dtype=torch.float32).unsqueeze(-1)
 
 
+def effective_tokens(g: Tensor) -> float:
+    """Kish's effective sample size of the Hessian weights g^2: (sum g^2)^2 / sum g^4. Every token counts
+    fully under G = I (the token count); a G that rests on k equal tokens gives k."""
+    h = g.double().flatten().pow(2)
+    return float(h.sum() ** 2 / h.pow(2).sum()) if h.sum() > 0 else 0.0
+
+
 def summarize(g: Sequence[Tensor], vision: Sequence[Tensor], valid: Optional[Sequence[Optional[Tensor]]] = None) -> dict:
     """Statistics a user can read off a run: how much G departs from uniform, and between modalities."""
     valid = list(valid) if valid is not None else [None] * len(g)
@@ -127,6 +134,7 @@ def summarize(g: Sequence[Tensor], vision: Sequence[Tensor], valid: Optional[Seq
     return {
         "tokens": int(a.numel()),
         "cv": float(a.std() / a.mean()) if a.numel() > 1 and mean > 0 else 0.0,
+        "effective_tokens": effective_tokens(a) if a.numel() else 0.0,
         "vision_mean": float(vi.mean()) if vi.numel() else None,
         "text_mean": float(tx.mean()) if tx.numel() else None,
         "min": float(a.min()) if a.numel() else None,

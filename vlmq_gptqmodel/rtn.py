@@ -47,13 +47,17 @@ def decoder_linears(model) -> dict[str, nn.Linear]:
             if isinstance(module, nn.Linear)}
 
 
-def apply_rtn(model, bits: int, group_size: int, *, sym: bool = False, inplace: bool = False):
-    """A copy of `model` (or `model` itself with inplace=True) with RTN fake-quantized decoder linears.
+def apply_rtn(model, bits: int, group_size: int, *, sym: bool = False, inplace: bool = False,
+              attention_only: bool = False):
+    """A copy of `model` (or `model` itself with inplace=True) with RTN fake-quantized decoder linears
+    (attention_only: the self-attention projections only, the MLP kept FP).
 
     The vision tower, embeddings and lm_head stay FP, as in GPTQModel's Qwen-VL checkpoints.
     """
     target = model if inplace else copy.deepcopy(model)
     with torch.no_grad():
-        for module in decoder_linears(target).values():
+        for name, module in decoder_linears(target).items():
+            if attention_only and ".mlp." in name:
+                continue
             module.weight.copy_(rtn_quantize_weight(module.weight, bits, group_size, sym=sym))
     return target

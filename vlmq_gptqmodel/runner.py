@@ -11,6 +11,8 @@ from .config import VLMQConfig
 BASELINES = ("gptq", "gptaq")
 DTYPES = ("float32", "bfloat16", "float16")
 PAPER_DAMP_PERCENT = 0.01  # the paper's dampening ratio (GPTQModel's own default is 0.05)
+# GPTQModel's negative `dynamic` rule: modules whose name matches are left in full precision.
+KEEP_MLP_FP = {r"-:.*\.mlp\..*": {}}
 
 
 @dataclass
@@ -25,6 +27,9 @@ class QuantSpec:
     # dtype the layers run in while quantizing: "auto" is GPTQModel's choice (bf16 on CPU, which CPUs
     # without bf16 matrix units emulate slowly; "float32" is then much faster)
     dtype: str = "auto"
+    # quantize only the attention projections (q/k/v/o) and keep every MLP linear in full precision: the
+    # ablation that isolates VLMQ's token weighting, which acts on q/k/v/o only, from MLP error
+    attention_only: bool = False
     extra: dict = field(default_factory=dict)  # any other QuantizeConfig field
 
     def torch_dtype(self):
@@ -40,11 +45,14 @@ class QuantSpec:
         from gptqmodel import QuantizeConfig
         from gptqmodel.quantization.config import GPTAQConfig
 
+        extra = dict(self.extra)
+        if self.attention_only:
+            extra["dynamic"] = {**KEEP_MLP_FP, **extra.get("dynamic", {})}
         return QuantizeConfig(
             bits=self.bits, group_size=self.group_size, desc_act=self.desc_act, sym=self.sym,
             damp_percent=self.damp_percent, device=self.device, offload_to_disk=False,
             gptaq=GPTAQConfig(alpha=self.gptaq_alpha, device="cpu" if self.device == "cpu" else "auto") if gptaq else None,
-            **self.extra,
+            **extra,
         )
 
 

@@ -56,6 +56,12 @@ class VLMQRun:
     def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
         return self.weights[layer_index][projection][batch_index]
 
+    def residual_scale(self, layer_index: int, projection: str) -> float:
+        """For residual="uniform": mean g^2 over the layer's calibration tokens (the scale of H~ against H),
+        which the unweighted asymmetric term is multiplied by."""
+        g = torch.cat([w.flatten() for w in self.weights[layer_index][projection]]).double()
+        return float(g.pow(2).mean())
+
     def compute_layer(self, layer_index: int, layer: torch.nn.Module, device: torch.device,
                       quant_inputs, layer_input_kwargs, attention_masks) -> None:
         fp = self.fp_inputs.pop(layer_index, None)
@@ -132,7 +138,10 @@ class VLMQGPTQProcessor(GPTQProcessor):
         projection = attention_projection(module.name)
         task = self.tasks.get(module.name)
         if task is not None and projection in self.run.cfg.targets:
-            make_token_weighted(task, functools.partial(self.run.token_weights, module.layer_index, projection))
+            residual = None if self.run.cfg.residual == "weighted" else functools.partial(
+                self.run.residual_scale, module.layer_index, projection)
+            make_token_weighted(task, functools.partial(self.run.token_weights, module.layer_index, projection),
+                                residual)
 
     def begin_shared_input_capture(self, model, subset_names, is_lm_head_module=False):
         leaders = super().begin_shared_input_capture(model, subset_names, is_lm_head_module)

@@ -16,6 +16,7 @@ from gptqmodel.quantization.gptq import GPTQ
 from ..importance import weight_tokens
 
 WeightSource = Callable[[int], torch.Tensor]  # calibration batch index -> g [B, S]
+ScaleSource = Callable[[], float]  # asked once G is known (it is computed after the tasks are built)
 
 
 class _TokenWeighting:
@@ -51,16 +52,28 @@ class TokenWeightedGPTQ(_TokenWeighting, GPTQ):
 
 
 class TokenWeightedGPTAQ(_TokenWeighting, GPTAQ):
+    residual_scale: Optional[ScaleSource] = None
+
     def add_batch(self, inp: torch.Tensor, out: torch.Tensor, batch_index: Optional[int] = None):
         g = self._weights_for(batch_index, inp)
-        # GPTAQ.process_batch pops native_inps[0] as the FP partner of this batch: weight it too,
-        # otherwise only H would be token-weighted and the asymmetric term would not.
-        self.native_inps[0] = weight_tokens(self.native_inps[0], g)
+        # GPTAQ.process_batch pops native_inps[0] as the FP partner of this batch and accumulates
+        # (partner - G X) (G X)^T. Partner G X_fp gives (X_fp - X) G^2 X^T (the asymmetric term weighted
+        # like H); partner G X + s G^-1 (X_fp - X) gives s (X_fp - X) X^T (every token alike).
+        native = self.native_inps[0]
+        if self.residual_scale is None:
+            self.native_inps[0] = weight_tokens(native, g)
+        else:
+            if not hasattr(self, "_residual_scale"):
+                self._residual_scale = self.residual_scale()
+            inverse = torch.where(g > 0, self._residual_scale / g.clamp_min(1e-30), torch.zeros_like(g))
+            self.native_inps[0] = weight_tokens(inp, g) + weight_tokens(native.float() - inp.float(), inverse)
         super().add_batch(weight_tokens(inp, g), out, batch_index=batch_index)
 
 
-def make_token_weighted(task: GPTQ, token_weights: WeightSource) -> GPTQ:
-    """Turn the task GPTQModel built for a module into its token-weighted twin, in place."""
+def make_token_weighted(task: GPTQ, token_weights: WeightSource, residual_scale: Optional[ScaleSource] = None) -> GPTQ:
+    """Turn the task GPTQModel built for a module into its token-weighted twin, in place (residual_scale:
+    a GPTAQ task's asymmetric term is left unweighted and multiplied by the scale it returns; None weights
+    it like H)."""
     if type(task) is GPTQ:
         task.__class__ = TokenWeightedGPTQ
     elif type(task) is GPTAQ:
@@ -72,4 +85,8 @@ def make_token_weighted(task: GPTQ, token_weights: WeightSource) -> GPTQ:
         )
     task.token_weights = token_weights
     task._next_batch = 0
+    if residual_scale is not None:
+        if not isinstance(task, TokenWeightedGPTAQ):
+            raise ValueError(f"residual_scale applies to GPTAQ's asymmetric term; {task.name} is quantized by GPTQ")
+        task.residual_scale = residual_scale
     return task

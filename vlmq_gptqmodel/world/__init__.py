@@ -5,14 +5,14 @@ VLM inputs. Everything is generated from seeds with pillow; nothing is downloade
 """
 from vlmq_gptqmodel.world.language import CAPTION_PROMPT, QA, caption, questions
 from vlmq_gptqmodel.world.samples import (
-    DEFAULT_IMAGE_SIZE, Sample, assistant_turn, calibration_conversations, caption_conversation, make_sample,
+    DEFAULT_IMAGE_SIZE, WORLD_IMAGE_SIZE, Sample, assistant_turn, calibration_conversations, caption_conversation, make_sample,
     make_samples, user_turn,
 )
-from vlmq_gptqmodel.world.scene import FINAL_STAGE, QUESTION_KINDS, STAGES, Scene, Stage
+from vlmq_gptqmodel.world.scene import DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLDS, Scene, Stage
 from vlmq_gptqmodel.world.vocab import VOCAB
 
 __all__ = [
-    "CAPTION_PROMPT", "DEFAULT_IMAGE_SIZE", "FINAL_STAGE", "QA", "QUESTION_KINDS", "STAGES", "Sample", "Scene",
-    "Stage", "VOCAB", "assistant_turn", "calibration_conversations", "caption", "caption_conversation",
+    "CAPTION_PROMPT", "DEFAULT_IMAGE_SIZE", "DEFAULT_WORLD", "FINAL_STAGE", "QA", "QUESTION_KINDS", "STAGES", "Sample", "Scene",
+    "Stage", "VOCAB", "WORLDS", "WORLD_IMAGE_SIZE", "assistant_turn", "calibration_conversations", "caption", "caption_conversation",
     "make_sample", "make_samples", "questions", "user_turn",
 ]

@@ -14,7 +14,7 @@ from vlmq_gptqmodel.world.vocab import COLOURS, GLYPHS, GRID_SIZE, SHAPES, SIZES
 # The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
 # questions; a from-scratch model of the shipped size did not learn them on CPU (tools/TRAINING.md).
 QUESTION_KINDS = ("colour", "shape", "position", "text")
-MIN_GLYPHS, MAX_GLYPHS = 2, 3  # length of a rendered text
+MAX_GLYPHS = 4  # the longest text any world renders (the training script's per-tile glyph-place labels)
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Stage:
     text_probability: float
     kinds: tuple[str, ...]
     captions: bool
+    glyphs: tuple[int, int] = (2, 3)  # shortest and longest text
 
 
 # Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
@@ -41,13 +42,23 @@ STAGES = (
 )
 FINAL_STAGE = len(STAGES)
 
+# The "deep" world (the headroom yardstick, shipped as synthvlm-deep): the same stages, but its final
+# distribution has two to four objects and text in most images, three or four glyphs long, so more answers
+# need several tokens right. Both worlds have the same number of stages, so FINAL_STAGE holds for both.
+DEEP_STAGES = STAGES[:2] + (Stage(2, 4, SIZES, 0.7, QUESTION_KINDS, True, glyphs=(3, 4)),)
+WORLDS = {"synthvlm": STAGES, "deep": DEEP_STAGES}
+DEFAULT_WORLD = "synthvlm"
 
-def get_stage(stage: int | None) -> Stage:
+
+def get_stage(stage: int | None, world: str = DEFAULT_WORLD) -> Stage:
+    if world not in WORLDS:
+        raise ValueError(f"world={world!r} does not exist; use one of {tuple(WORLDS)}")
+    stages = WORLDS[world]
     if stage is None:
-        return STAGES[-1]
-    if not 1 <= stage <= len(STAGES):
-        raise ValueError(f"stage={stage} does not exist; use 1..{len(STAGES)} or None for the final stage")
-    return STAGES[stage - 1]
+        return stages[-1]
+    if not 1 <= stage <= len(stages):
+        raise ValueError(f"stage={stage} does not exist; use 1..{len(stages)} or None for the final stage")
+    return stages[stage - 1]
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,6 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     )
     text = None
     if has_text:
-        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(MIN_GLYPHS, MAX_GLYPHS + 1))))
+        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(stage.glyphs[0], stage.glyphs[1] + 1))))
         text = SceneText(glyphs, int(cells[-1]) // GRID_SIZE, int(cells[-1]) % GRID_SIZE)
     return Scene(objects, text)

@@ -124,9 +124,22 @@ def unpack_gptq(qweight, qzeros, scales, g_idx, bits: int, group_size: int,
     )
 
 
-def from_saved_zeros(unpacked: GPTQCodes) -> GPTQCodes:
-    """True zero points from a saved `format="gptq"` checkpoint, which stores zero - 1 (mod 2^bits)."""
-    return replace(unpacked, zeros=(unpacked.zeros.long() + 1) % 2**unpacked.bits)
+# GPTQModel's v1 (`format="gptq"`) export stores zero - 1. For 2, 4 and 8 bits it subtracts a word of ones
+# from each whole packed int32 word, so a zero point of 0 borrows from the next field; its reader adds the
+# same word back. For 3 bits, whose fields straddle words, it shifts field by field.
+V1_WORD_OF_ONES = {2: 0x55555555, 4: 0x11111111, 8: 0x01010101}
+
+
+def from_saved_qzeros(qzeros: torch.Tensor, bits: int) -> torch.Tensor:
+    """Packed true zero points from a saved `format="gptq"` checkpoint's packed qzeros (int32 words), undoing
+    the export exactly as GPTQModel does: whole-word arithmetic with carries for 2/4/8 bits, field by field
+    for 3 bits."""
+    check_bits(bits)
+    if bits in V1_WORD_OF_ONES:
+        return _to_int32_words((_as_unsigned_words(qzeros) + V1_WORD_OF_ONES[bits]) & 0xFFFFFFFF)
+    fields = qzeros.shape[1] * 32 // bits
+    true = (unpack_bitstream(qzeros, bits, fields, dim=1).long() + 1) % 2**bits
+    return pack_bitstream(true, bits, dim=1)
 
 
 def pack_gptq(unpacked: GPTQCodes) -> dict:

@@ -54,3 +54,27 @@ def test_load_dequantized_names_the_problem(tiny_vlm, gptq_checkpoint, tmp_path)
     layer.mlp.down_proj = torch.nn.Linear(8, layer.mlp.down_proj.out_features, bias=False)
     with pytest.raises(ValueError, match="down_proj"):
         load_dequantized(qdir, narrower)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_saved_zero_points_of_zero_are_read_back_as_gptqmodel_exports_them(bits):
+    """GPTQModel's v1 export subtracts a word of ones from each whole packed int32 word at 2 and 4 bits
+    (gptqmodel/utils/model.py: convert_gptq_v2_to_v1_format_module), so a zero point of 0 borrows from the
+    next field; 3 bits are shifted field by field. The reader must undo exactly that."""
+    from gptqmodel.utils.model_dequant import _revert_gptq_v1_qzeros_correction
+
+    from vlmq_gptqmodel.kernels.layout import from_saved_qzeros, pack_bitstream, unpack_bitstream
+
+    gen = torch.Generator().manual_seed(bits)
+    true = torch.randint(0, 2**bits, (6, 96), generator=gen)  # 96 fields fill whole words at 2, 3 and 4 bits
+    true[:, ::3] = 0  # many zero points of 0, each followed by a nonzero one in the same word
+    packed = pack_bitstream(true, bits, dim=1)
+    if bits == 3:
+        saved = _revert_gptq_v1_qzeros_correction(packed.clone(), bits)
+    else:
+        saved = packed.clone()
+        saved -= {2: 0b01010101010101010101010101010101, 4: 0b00010001000100010001000100010001}[bits]
+    assert torch.equal(unpack_bitstream(from_saved_qzeros(saved, bits), bits, 96, dim=1).long(), true)
+    if bits != 3:  # adding 1 field by field, the earlier reader, gets the borrowed fields wrong
+        fieldwise = (unpack_bitstream(saved, bits, 96, dim=1).long() + 1) % 2**bits
+        assert not torch.equal(fieldwise, true)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from vlmq_gptqmodel.kernels.layout import from_saved_zeros, unpack_gptq
+from vlmq_gptqmodel.kernels.layout import from_saved_qzeros, unpack_gptq
 from vlmq_gptqmodel.kernels.reference import dequantize
 
 
@@ -36,9 +36,10 @@ def checkpoint_weights(qdir) -> dict[str, torch.Tensor]:
     weights = {}
     for name in (k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")):
         scales, g_idx = tensors[f"{name}.scales"], tensors[f"{name}.g_idx"]
-        codes = unpack_gptq(tensors[f"{name}.qweight"], tensors[f"{name}.qzeros"], scales, g_idx, bits, group_size,
+        qzeros = from_saved_qzeros(tensors[f"{name}.qzeros"], bits)
+        codes = unpack_gptq(tensors[f"{name}.qweight"], qzeros, scales, g_idx, bits, group_size,
                             in_features=g_idx.numel(), out_features=scales.shape[1])
-        weights[name] = dequantize(from_saved_zeros(codes))
+        weights[name] = dequantize(codes)
     return weights
 
 

@@ -43,6 +43,26 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
     assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == steps
 
 
+def test_deep_preset_sets_its_recipe_and_explicit_flags_win():
+    deep = train_synthvlm.parse_args(["--preset", "deep"])
+    assert (deep.world, deep.image_size, deep.layers, deep.out) == ("deep", 392, 8, "runs/deep")
+    assert train_synthvlm.parse_args(["--preset", "deep", "--layers", "2"]).layers == 2
+    plain = train_synthvlm.parse_args([])
+    assert (plain.world, plain.image_size, plain.layers) == ("synthvlm", 224, 4)
+
+
+def test_a_deep_world_model_records_its_world_for_evaluation(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    assert train_synthvlm.main(["--out", str(out), "--export", str(export), "--preset", "deep", *TINY]) == 0
+    model, processor = evaluation.load_for_eval(export)
+    assert evaluation.world_of(model) == "deep"
+    # evaluation then asks the deep world's questions: 3-4 glyph texts
+    samples = evaluation.eval_samples(30, image_size=84, world=evaluation.world_of(model))
+    assert {len(s.scene.text.glyphs) for s in samples if s.scene.text} == {3, 4}
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["args"]["world"] == "deep"
+
+
 def test_tile_probe_sees_one_vision_token_per_tile_of_every_row():
     """The hooked vision tokens line up with tile_labels: one per tile, rows in batch order."""
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])

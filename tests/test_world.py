@@ -229,3 +229,42 @@ def test_calibration_conversations_are_captioned_images_in_gptqmodel_format():
     text_tokens = [len(processor.tokenizer(processor.apply_chat_template(c, tokenize=False))["input_ids"]) - 1
                    for c in calibration_conversations(50)]
     assert image_tokens > 1.5 * np.mean(text_tokens)
+
+
+def test_the_default_world_draws_the_samples_it_always_drew():
+    # results and the shipped model's evaluation depend on these exact samples
+    captions = [s.caption for s in make_samples("eval", 2)]
+    assert captions == ["text 2 5 center center and small blue cross bottom left .",
+                        "small orange triangle center center , text A E bottom left and big red circle bottom right ."]
+
+
+def test_the_deep_world_has_busier_scenes_and_longer_texts_on_its_own_streams():
+    from vlmq_gptqmodel.world import WORLD_IMAGE_SIZE
+
+    size = WORLD_IMAGE_SIZE["deep"]
+    deep = make_samples("eval", 120, world="deep", image_size=size)
+    assert all(2 <= len(s.scene.objects) <= 4 for s in deep)
+    texts = [s.scene.text.glyphs for s in deep if s.scene.text]
+    assert 0.55 < len(texts) / len(deep) < 0.85 and {len(t) for t in texts} == {3, 4}
+    assert deep[0].image.size == (size, size)
+    # its own stream: not the default world's scenes drawn again
+    default = make_samples("eval", 120)
+    assert [s.scene for s in deep] != [s.scene for s in default]
+    assert make_samples("select", 3, world="deep", image_size=size)[0].caption != deep[0].caption
+    tokenizer = tiny_vlm.build_tokenizer(VOCAB)
+    for s in deep[:40]:
+        for text in [s.caption] + [t for qa in s.qa for t in (qa.question, qa.answer)]:
+            assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"]
+    with pytest.raises(ValueError, match="world"):
+        make_samples("eval", 1, world="moon")
+
+
+def test_deep_world_images_are_mostly_background():
+    from vlmq_gptqmodel.world import WORLD_IMAGE_SIZE
+    from vlmq_gptqmodel.world.render import tile_labels
+
+    size = WORLD_IMAGE_SIZE["deep"]
+    for s in make_samples("calib", 10, world="deep", image_size=size):
+        labels = tile_labels(s.scene, size)
+        assert labels.shape[0] == (size // TOKEN_PIXELS) ** 2 == 196
+        assert (labels.any(axis=1)).sum() <= 8  # at most 4 objects and 4 glyphs hold anything

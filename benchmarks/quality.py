@@ -34,10 +34,11 @@ import numpy as np
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
+from vlmq_gptqmodel.compare import layer_output_errors_by
 from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.dequantized import load_dequantized
 from vlmq_gptqmodel.evaluation import (
-    eval_samples, evaluate, load_for_eval, processor_image_size, synthvlm_dir, world_of,
+    encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, synthvlm_dir, world_of,
 )
 from vlmq_gptqmodel.rtn import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
@@ -49,8 +50,9 @@ SERVE_DTYPE = {"dequantized": torch.float32, "gptqmodel": torch.bfloat16}
 SERVED = {"dequantized": "each saved checkpoint's weights dequantized and scored in fp32, as is FP",
           "gptqmodel": "each saved checkpoint loaded by GPTQModel (TorchLinear) and scored in bf16, as is FP"}
 PARTS = ("main", "attention-only", "sweep", "ablations", "gptaq-study")
-# Settings that decide what a stored run means: a quality.json made with other values is not reused.
-IDENTITY = ("model", "eval", "split", "dtype", "serve")
+# Held-out questions (of the scored split, not calibration tokens) on which each decoder layer's output
+# error is measured, over vision and text tokens apart.
+LAYER_ERROR_QUESTIONS = 32
 
 MAIN = {  # label -> (runner method, VLMQ config)
     "GPTQ": ("gptq", None),
@@ -133,6 +135,8 @@ class Bench:
         self.samples = eval_samples(args.eval, seed=0, image_size=self.size, world=self.world, split=args.split)
         self.fp = evaluate(self.fp_model, self.processor, self.samples)
         self.record("FP", self.fp, kinds=self.fp.kinds, lengths=self.fp.answer_lengths)
+        questions = questions_of(self.samples)[:LAYER_ERROR_QUESTIONS]
+        self.error_batches = [encode_scored(self.processor, questions[i:i + 8])[0] for i in range(0, len(questions), 8)]
 
     def record(self, name: str, result, **extra) -> None:
         self.runs[name] = {"accuracy": result.accuracy, "per_kind": result.per_kind, "kl": result.mean_kl,
@@ -142,6 +146,12 @@ class Bench:
         tmp = self.store.with_suffix(".tmp")
         tmp.write_text(json.dumps({"identity": self.identity, "runs": self.runs}))
         tmp.replace(self.store)
+
+    def token_sets(self, batch) -> dict:
+        """Real (unpadded) tokens of a scoring batch: all, vision, text."""
+        real = batch["attention_mask"].bool()
+        vision = batch["input_ids"] == self.fp_model.config.image_token_id
+        return {"all": real, "vision": real & vision, "text": real & ~vision}
 
     def rtn(self, bits: int, group: int, attention_only: bool = False) -> None:
         name = f"rtn{'-attn' if attention_only else ''}|w{bits}g{group}"
@@ -167,7 +177,8 @@ class Bench:
             else:
                 q_model, _ = load_for_eval(tmp, dtype=self.dtype)
             result = evaluate(q_model, self.processor, self.samples, reference_logits=self.fp)
-        self.record(name, result, seconds=seconds, g=summarize_g(report))
+            errors = layer_output_errors_by(self.fp_model, q_model, self.error_batches, self.token_sets)
+        self.record(name, result, seconds=seconds, g=summarize_g(report), layer_errors=errors)
         print(f"{name}: acc {result.accuracy:.3f} kl {result.mean_kl:.5f} ({seconds:.0f} s)", file=sys.stderr,
               flush=True)
 
@@ -276,6 +287,24 @@ def variant_rows(runs, part, calib, settings, seeds, labels) -> str:
                 acc, acc_sd = mean_sd([r["accuracy"] for r in done])
                 kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
                 lines.append(f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |")
+    return "\n".join(lines)
+
+
+def layer_error_rows(runs, part, calib, settings, seeds, labels) -> str:
+    """Relative output error of the first and the last decoder layer on held-out tokens (×10⁻³), all, vision
+    and text tokens apart, mean over seeds."""
+    lines = ["| setting | method | first layer: all / vision / text | last layer: all / vision / text | seeds |",
+             "|---|---|---|---|---|"]
+    for bits, group in settings:
+        for label in labels:
+            done = [r for r in seed_runs(runs, part, calib, bits, group, label, seeds) if r.get("layer_errors")]
+            if not done:
+                continue
+            cells = []
+            for layer in (0, -1):
+                cells.append(" / ".join(f"{1e3 * statistics.mean(r['layer_errors'][t][layer] for r in done):.3f}"
+                                        for t in ("all", "vision", "text")))
+            lines.append(f"| W{bits} g{group} | {label} | {cells[0]} | {cells[1]} | {len(done)} |")
     return "\n".join(lines)
 
 
@@ -457,14 +486,18 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
     if any(k.startswith("main|") for k in runs):
         text += [f"## Main (seeds {seeds}; {part_minutes(runs, 'main'):.0f} min of quantization so far)\n",
                  method_rows(runs, "main", calib, settings, seeds, MAIN, "rtn"),
-                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "main", calib, settings, seeds)]
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "main", calib, settings, seeds),
+                 f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
+                 layer_error_rows(runs, "main", calib, settings, seeds, MAIN)]
         main_chart(runs, calib, settings, seeds, results / "quality.png",
                    f"{model}, {calib} calibration samples, mean ± sd over seeds {seeds}")
     if any(k.startswith("attn|") for k in runs):
         text += [f"\n## Attention only: q/k/v/o quantized, MLP kept FP (seeds {seeds}; "
                  f"{part_minutes(runs, 'attn'):.0f} min)\n",
                  method_rows(runs, "attn", calib, attn_settings, seeds, MAIN, "rtn-attn"),
-                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, seeds)]
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, seeds),
+                 f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
+                 layer_error_rows(runs, "attn", calib, attn_settings, seeds, MAIN)]
     if any(k.startswith("sweep|") for k in runs):
         text += [f"\n## Calibration-size sweep (seeds {sweep_seeds}; {part_minutes(runs, 'sweep'):.0f} min)\n",
                  "Effective tokens: Kish's effective sample size (Σg²)²/Σg⁴ of each projection's Hessian weights, "
@@ -485,7 +518,9 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                  paired_rows(runs, "study", calib, study_settings, study_seeds,
                              [(f"VLMQ(gptaq) alpha={a}", f"GPTAQ alpha={a}") for a in (0.1, 0.25, 0.5)]
                              + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
-                                ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
+                                ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")]),
+                 f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
+                 layer_error_rows(runs, "study", calib, study_settings, study_seeds, list(study))]
     text += [f"\nreproduce: `{command}`\n"]
     results.mkdir(parents=True, exist_ok=True)
     (results / "quality.md").write_text("\n".join(text))

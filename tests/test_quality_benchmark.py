@@ -35,6 +35,10 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
         # the per-question KLs are the pieces of the mean KL (sums over each question's answer tokens)
         assert abs(sum(run["question_kl"]) / sum(fp["lengths"]) - run["kl"]) <= 1e-3 * run["kl"] + 1e-7
         assert len(run["correct"]) == len(fp["correct"])
+    errors = runs["main|c4|w3g32|GPTQ|s0"]["layer_errors"]  # per decoder layer, on held-out tokens
+    assert set(errors) == {"all", "vision", "text"} and all(len(e) == 2 and min(e) > 0 for e in errors.values())
+    for a, v, t in zip(errors["all"], errors["vision"], errors["text"]):  # all = mediant of its two parts
+        assert min(v, t) * (1 - 1e-6) <= a <= max(v, t) * (1 + 1e-6)
     vlmq = runs["main|c4|w3g32|VLMQ(gptaq)|s0"]["g"]
     assert set(vlmq["effective_tokens"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
     assert all(0 < e <= vlmq["tokens"] for e in vlmq["effective_tokens"].values())
@@ -45,6 +49,7 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     assert len([k for k in runs if k.startswith("study|")]) == 7
     report = (tmp_path / "deq" / "quality.md").read_text()
     assert "reproduce: `python benchmarks/quality.py --model" in report
+    assert "### Decoder-layer output error" in report
     for heading in ("## Main", "## Attention only", "## Calibration-size sweep", "## Ablations", "## GPTAQ study"):
         assert heading in report
     assert "| W3 g32 | VLMQ(gptaq) − GPTAQ |" in report and "/2 |" in report  # paired over both seeds

@@ -1,7 +1,7 @@
 """How far a quantized model drifts from its full-precision original: per decoder layer and at the output."""
 from __future__ import annotations
 
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 import torch
 
@@ -13,11 +13,17 @@ def decoder_layers(model):
     return hf_model(model).model.language_model.layers
 
 
-@torch.no_grad()
 def layer_output_errors(fp_model, q_model, batches: Sequence[dict]) -> List[float]:
     """Relative error ||h_q - h_fp||^2 / ||h_fp||^2 of every decoder layer's output hidden states,
     summed over the batches. Both models see the same inputs, so the error of layer L includes what
     the quantization of layers < L propagated into it, as in a real deployment."""
+    return layer_output_errors_by(fp_model, q_model, batches, lambda batch: {"all": None})["all"]
+
+
+@torch.no_grad()
+def layer_output_errors_by(fp_model, q_model, batches: Sequence[dict], token_sets) -> Dict[str, List[float]]:
+    """layer_output_errors over named sets of tokens: token_sets(batch) -> {name: bool mask [B, S] or None
+    (every token)}; returns {name: per-layer relative errors}."""
     outputs = {}
 
     def recorder(tag, index):
@@ -30,20 +36,25 @@ def layer_output_errors(fp_model, q_model, batches: Sequence[dict]) -> List[floa
                for tag, model in (("fp", fp_model), ("q", q_model))
                for i, layer in enumerate(decoder_layers(model))]
     n = len(decoder_layers(fp_model))
-    err, ref = torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)
+    err, ref = {}, {}
     try:
         for batch in batches:
             for model in (fp_model, q_model):
                 net = hf_model(model)
                 net(**batch.to(net.device))
-            for i in range(n):
-                fp, q = outputs[("fp", i)], outputs[("q", i)]
-                err[i] += (q - fp).pow(2).sum().double()
-                ref[i] += fp.pow(2).sum().double()
+            for name, mask in token_sets(batch).items():
+                err.setdefault(name, torch.zeros(n, dtype=torch.float64))
+                ref.setdefault(name, torch.zeros(n, dtype=torch.float64))
+                for i in range(n):
+                    fp, q = outputs[("fp", i)], outputs[("q", i)]
+                    if mask is not None:
+                        fp, q = fp[mask.to(fp.device)], q[mask.to(q.device)]
+                    err[name][i] += (q - fp).pow(2).sum().double()
+                    ref[name][i] += fp.pow(2).sum().double()
     finally:
         for h in handles:
             h.remove()
-    return (err / ref).tolist()
+    return {name: (err[name] / ref[name]).tolist() for name in err}
 
 
 def top1_agreement(reference: Sequence[torch.Tensor], candidate: Sequence[torch.Tensor]) -> float:

@@ -208,6 +208,16 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.mean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
 
 
+def seed_row(runs, part, calib, bits, group, label, seeds) -> str | None:
+    """One table row: exact match and KL (mean ± sd over the seeds run so far), or None if none ran."""
+    done = seed_runs(runs, part, calib, bits, group, label, seeds)
+    if not done:
+        return None
+    acc, acc_sd = mean_sd([r["accuracy"] for r in done])
+    kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
+    return f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |"
+
+
 def method_rows(runs, part, calib, settings, seeds, labels, rtn_prefix: str | None) -> str:
     lines = ["| setting | method | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | seeds |",
              "|---|---|---|---|---|"]
@@ -216,12 +226,7 @@ def method_rows(runs, part, calib, settings, seeds, labels, rtn_prefix: str | No
         rtn = runs.get(f"{rtn_prefix}|w{bits}g{group}") if rtn_prefix else None
         if rtn:
             lines.append(f"| W{bits} g{group} | RTN | {rtn['accuracy']:.3f} | {1e3 * rtn['kl']:.3f} | - |")
-        for label in labels:
-            done = seed_runs(runs, part, calib, bits, group, label, seeds)
-            if done:
-                acc, acc_sd = mean_sd([r["accuracy"] for r in done])
-                kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
-                lines.append(f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |")
+        lines += filter(None, (seed_row(runs, part, calib, bits, group, label, seeds) for label in labels))
     return "\n".join(lines)
 
 
@@ -280,13 +285,8 @@ def sweep_rows(runs, sizes, settings, seeds) -> str:
 def variant_rows(runs, part, calib, settings, seeds, labels) -> str:
     lines = ["| setting | variant | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | seeds |",
              "|---|---|---|---|---|"]
-    for bits, group in settings:
-        for label in labels:
-            done = seed_runs(runs, part, calib, bits, group, label, seeds)
-            if done:
-                acc, acc_sd = mean_sd([r["accuracy"] for r in done])
-                kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
-                lines.append(f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |")
+    lines += filter(None, (seed_row(runs, part, calib, bits, group, label, seeds)
+                           for bits, group in settings for label in labels))
     return "\n".join(lines)
 
 

@@ -1,6 +1,9 @@
 """Shared fixtures: tiny random Qwen-VL models built from configs (no hub), calibration from the
 project's synthetic world, and a cached quantize-and-save helper."""
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 # TorchLinear compiles its dequantizer with inductor on first use (tens of seconds per shape on
 # 2 cores); the tests check numerics, not speed, so run it eagerly.
@@ -85,3 +88,19 @@ def gptq_checkpoint(tiny_vlm, calib, tmp_path_factory):
 @pytest.fixture(autouse=True)
 def _deterministic():
     torch.manual_seed(0)
+
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+@pytest.fixture(scope="session")
+def load_benchmark():
+    """load_benchmark(name) -> benchmarks/<name>.py as a module (the scripts are not a package)."""
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
+        spec.loader.exec_module(module)
+        return module
+
+    return load

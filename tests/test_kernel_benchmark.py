@@ -1,5 +1,4 @@
 """benchmarks/linear_latency.py: its computed ceilings, its comparators, and that without a GPU it times nothing."""
-import importlib.util
 import os
 import subprocess
 import sys
@@ -15,12 +14,8 @@ DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("linear_latency", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("linear_latency")
 
 
 def test_memory_bound_ceilings_match_the_issue(bench):

@@ -1,6 +1,5 @@
 """benchmarks/modality_gap.py: its separation statistic on clouds with a known answer, and a run on the
 shipped model that writes its table and PNG."""
-import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -12,11 +11,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "modality_gap.py"
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("modality_gap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("modality_gap")
 
 
 def test_separation_of_known_clouds(bench):

@@ -1,6 +1,5 @@
 """benchmarks/token_importance.py: its statistics on a G with a known answer, its token classes, and a run on
 the shipped model whose recomputed G matches the quantization pipeline's own."""
-import importlib.util
 import re
 import subprocess
 import sys
@@ -15,11 +14,8 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "token_importance.
 
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("token_importance", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_benchmark):
+    return load_benchmark("token_importance")
 
 
 def test_structure_of_a_known_g(bench):

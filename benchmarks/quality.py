@@ -128,6 +128,8 @@ class Bench:
                 raise SystemExit(f"{self.store} holds runs made with {stored.get('identity')}, not {self.identity}: "
                                  f"pass --fresh to replace them or --results DIR for a new folder")
             self.runs = stored["runs"]
+        for other in args.merge:
+            self.merge(Path(other) / "quality.json")
         self.dtype = SERVE_DTYPE[args.serve]
         self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=self.dtype)
         self.size = processor_image_size(self.processor)
@@ -137,6 +139,15 @@ class Bench:
         self.record("FP", self.fp, kinds=self.fp.kinds, lengths=self.fp.answer_lengths)
         questions = questions_of(self.samples)[:LAYER_ERROR_QUESTIONS]
         self.error_batches = [encode_scored(self.processor, questions[i:i + 8])[0] for i in range(0, len(questions), 8)]
+
+    def merge(self, path: Path) -> None:
+        """Take the runs of another results folder made with the same scoring set-up (parts run in parallel
+        processes, each with its own --results)."""
+        stored = json.loads(path.read_text())
+        if stored.get("identity") != self.identity:
+            raise SystemExit(f"--merge {path.parent}: its runs were made with {stored.get('identity')}, "
+                             f"not {self.identity}")
+        self.runs.update({k: v for k, v in stored["runs"].items() if k not in self.runs})
 
     def record(self, name: str, result, **extra) -> None:
         self.runs[name] = {"accuracy": result.accuracy, "per_kind": result.per_kind, "kl": result.mean_kl,
@@ -290,6 +301,17 @@ def variant_rows(runs, part, calib, settings, seeds, labels) -> str:
     return "\n".join(lines)
 
 
+def ablation_rows(runs, calib, settings, seeds, precursor: str, labels) -> str:
+    """The precursor and the unablated VLMQ (from the main part), then every ablation, per setting."""
+    lines = variant_rows(runs, "main", calib, [], seeds, []).split("\n")
+    for bits, group in settings:
+        rows = [seed_row(runs, "main", calib, bits, group, label, seeds)
+                for label in (precursor.upper(), f"VLMQ({precursor})")]
+        rows += [seed_row(runs, "abl", calib, bits, group, label, seeds) for label in labels]
+        lines += filter(None, rows)
+    return "\n".join(lines)
+
+
 def layer_error_rows(runs, part, calib, settings, seeds, labels) -> str:
     """Relative output error of the first and the last decoder layer on held-out tokens (×10⁻³), all, vision
     and text tokens apart, mean over seeds."""
@@ -405,6 +427,9 @@ def parse_args(argv=None):
                    help="folder for quality.json/.md/.png (default benchmarks/results/quality/<model>[-select]); "
                         "runs already in its quality.json are reused")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in quality.json")
+    p.add_argument("--merge", action="append", default=[], metavar="DIR",
+                   help="also take the runs in DIR/quality.json (a part run in a parallel process with its own "
+                        "--results; same model, split, images, dtype and scoring); repeatable")
     args = p.parse_args(argv)
     parts = [s for s in args.parts.split(",") if s]
     unknown = [s for s in parts if s not in PARTS]
@@ -508,9 +533,7 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
         text += [f"\n## Ablations (VLMQ, precursor {args.ablation_precursor}, seeds {abl_seeds}; "
                  f"{part_minutes(runs, 'abl'):.0f} min)\n",
                  "The unablated rows are the main part's.\n",
-                 variant_rows(runs, "main", calib, abl_settings, abl_seeds,
-                              [args.ablation_precursor.upper(), f"VLMQ({args.ablation_precursor})"]),
-                 variant_rows(runs, "abl", calib, abl_settings, abl_seeds, list(abl)).split("\n", 2)[2]]
+                 ablation_rows(runs, calib, abl_settings, abl_seeds, args.ablation_precursor, list(abl))]
     if any(k.startswith("study|") for k in runs):
         text += [f"\n## GPTAQ study (seeds {study_seeds}; {part_minutes(runs, 'study'):.0f} min)\n",
                  variant_rows(runs, "study", calib, study_settings, study_seeds, list(study)),

@@ -60,6 +60,13 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     refused = _run(model_dir, tmp_path / "deq", "--parts", "main", "--eval", "2", ok=False)
     assert refused.returncode != 0 and "--fresh" in refused.stderr
 
+    # a part run in another process, with its own results folder, merges into this one
+    other = _run(model_dir, tmp_path / "other", "--parts", "main", "--seeds", "2")
+    merged = _run(model_dir, tmp_path / "deq", "--parts", "main", "--seeds", "0,1,2", "--merge", str(tmp_path / "other"))
+    assert merged["main|c4|w3g32|GPTQ|s2"] == other["main|c4|w3g32|GPTQ|s2"]
+    assert merged["main|c4|w3g32|GPTQ|s0"] == runs["main|c4|w3g32|GPTQ|s0"]
+    assert "/3 |" in (tmp_path / "deq" / "quality.md").read_text()  # paired over the three seeds
+
     served = _run(model_dir, tmp_path / "served", "--parts", "main", "--serve", "gptqmodel")
     for m in LABELS:  # the same checkpoints (deterministic quantization), bf16 kernel vs fp32 weights
         a, b = runs[f"main|c4|w3g32|{m}|s0"]["kl"], served[f"main|c4|w3g32|{m}|s0"]["kl"]

@@ -17,11 +17,10 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
-from gptqmodel.looper.gptq_processor import GPTQProcessor
-from gptqmodel.looper.native_processor import NativeProcessor
 
 from ..config import ATTENTION_PROJECTIONS, VLMQConfig
 from ..layer_importance import LayerStreams, layer_importance
+from .guard import GuardedGPTQProcessor, GuardedNativeProcessor, RunGuard, guarded
 from .tasks import make_token_weighted
 
 ATTN_PREFIX = "self_attn."
@@ -102,7 +101,7 @@ def format_report(report: dict) -> str:
     return f"VLMQ layer {report['layer']:>3} [{policy}] {report['seconds']:.2f}s  " + "  ".join(parts)
 
 
-class VLMQCaptureProcessor(NativeProcessor):
+class VLMQCaptureProcessor(GuardedNativeProcessor):
     run: VLMQRun  # bound per run by `bind_processors`
 
     def __init__(self, *args, **kwargs):
@@ -122,7 +121,7 @@ class VLMQCaptureProcessor(NativeProcessor):
         self.run.fp_inputs[layer_index] = [x[0] for x in layer_inputs]
 
 
-class VLMQGPTQProcessor(GPTQProcessor):
+class VLMQGPTQProcessor(GuardedGPTQProcessor):
     run: VLMQRun  # bound per run by `bind_processors`
 
     def __init__(self, *args, **kwargs):
@@ -162,8 +161,9 @@ class VLMQGPTQProcessor(GPTQProcessor):
         return "gptq"
 
 
-def bind_processors(run: VLMQRun):
-    """Per-run subclasses carrying `run`, to stand in for GPTQModel's processor classes."""
-    capture = type("VLMQCaptureProcessorBound", (VLMQCaptureProcessor,), {"run": run})
-    quantize = type("VLMQGPTQProcessorBound", (VLMQGPTQProcessor,), {"run": run})
-    return capture, quantize
+def bind_processors(guard: RunGuard, run: Optional[VLMQRun] = None):
+    """Per-run (capture, quantize) classes to stand in for GPTQModel's NativeProcessor and GPTQProcessor:
+    VLMQ's when `run` is given, otherwise GPTQModel's own behind the run guard."""
+    if run is None:
+        return guarded(GuardedNativeProcessor, guard), guarded(GuardedGPTQProcessor, guard)
+    return guarded(VLMQCaptureProcessor, guard, run=run), guarded(VLMQGPTQProcessor, guard, run=run)

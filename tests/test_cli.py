@@ -36,6 +36,15 @@ def test_quantize_writes_a_gptq_checkpoint_with_vlmq_metadata(tiny_vlm, calib_fi
     assert qc["meta"]["vlmq"]["precursor"] == "gptq" and qc["meta"]["vlmq"]["norm"] == "l2"
     assert "kept 4 samples" in capsys.readouterr().out
     assert _leftovers(tmp_path) == []
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # readable by others as the umask allows, not 0700
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_existing_output_is_refused_before_any_work(tiny_vlm, calib_file, tmp_path, capsys):

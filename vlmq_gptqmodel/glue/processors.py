@@ -51,6 +51,10 @@ class VLMQRun:
         """Remember which calibration tokens are vision tokens (GPTQModel's cache drops input_ids)."""
         ids = torch.tensor(self.vision_token_ids)
         self.vision = [torch.isin(batch["input_ids"].cpu(), ids) for batch in prepared_batches]
+        if not any(bool(v.any()) for v in self.vision):
+            log.warning("VLMQ: no calibration sample holds an image (text-only calibration); VLMQ then weights "
+                        "text tokens only and its vision-token weighting has nothing to act on. Calibrate with "
+                        "image+text samples.")
 
     def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
         return self.weights[layer_index][projection][batch_index]

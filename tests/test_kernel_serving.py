@@ -36,7 +36,8 @@ def logits(model, inputs):
         return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
-@pytest.mark.parametrize("bits,group_size,desc_act", [(3, 32, True), (2, 64, False), (4, 128, True)])
+# g128 is not among them: the tiny model's width 64 cannot take it (refused before quantizing, issue 20 item 3)
+@pytest.mark.parametrize("bits,group_size,desc_act", [(3, 32, True), (2, 64, False), (4, 64, True)])
 def test_served_logits_match_torch_linear(gptq_checkpoint, tiny_vlm, bits, group_size, desc_act):
     checkpoint = gptq_checkpoint(bits=bits, group_size=group_size, desc_act=desc_act)
     served = load_quantized(checkpoint, device=DEVICE, allow_interpreter=True)

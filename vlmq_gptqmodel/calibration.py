@@ -15,6 +15,8 @@ from typing import Iterable, List, Optional, Union
 
 from PIL import Image
 
+from .errors import BadInput
+
 DEFAULT_PROMPT = "Describe the image."
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant"}
 
@@ -42,9 +44,29 @@ def load_records(source, split: str = "train"):
     if path.is_dir():
         return load_records(datasets.load_from_disk(str(path)), split)
     if path.suffix not in (".json", ".jsonl"):
-        raise ValueError(f"calibration file {path}: expected .json or .jsonl records "
-                         '({"image": ..., "conversations": [...]}).')
-    return datasets.load_dataset("json", data_files=str(path), split="train")
+        raise BadInput(f"calibration file {path}: expected .json or .jsonl records "
+                       '({"image": ..., "conversations": [...]}).')
+    if path.stat().st_size == 0:
+        raise BadInput(f"calibration file {path} is empty; give a .json list or .jsonl lines of records.")
+    try:
+        return datasets.load_dataset("json", data_files=str(path), split="train")
+    except Exception as e:  # noqa: BLE001 - datasets wraps parse errors in several exception types
+        raise BadInput(_unreadable_json(path, e)) from e
+
+
+def _unreadable_json(path: Path, error: Exception) -> str:
+    """Why `datasets` could not read a calibration file, in the user's terms (read again only on failure)."""
+    import json
+
+    text = path.read_text(errors="replace").strip()
+    try:
+        lines = [line for line in text.splitlines() if line.strip()]
+        records = json.loads(text) if path.suffix == ".json" else [json.loads(line) for line in lines]
+    except ValueError as e:
+        return f"calibration file {path} is not valid JSON ({e}); fix the file or regenerate it."
+    if not records:
+        return f"calibration file {path} holds no records; give at least one {{\"image\": ..., ...}} record."
+    return f"calibration file {path} could not be read as records ({type(error).__name__}: {error})."
 
 
 def _pick_split(dd, split: str):
@@ -92,6 +114,11 @@ def _resolve_image(value, image_root, index: int):
         path = Path(image_root) / path
     if not path.exists():
         raise FileNotFoundError(f"record {index}: image {path} not found (set image_root= / --image-root).")
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError) as e:  # PIL raises either for a corrupt file
+        raise BadInput(f"record {index}: image {path} is not a readable image ({e}); replace it or drop the record.") from e
     return str(path)
 
 

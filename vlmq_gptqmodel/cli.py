@@ -1,9 +1,15 @@
-"""The `vlmq` command: `vlmq quantize ...`, `vlmq quantize --demo`, `vlmq eval ...`."""
+"""The `vlmq` command: `vlmq quantize ...`, `vlmq quantize --demo`, `vlmq eval ...`.
+
+Exit codes: 0 success; 2 refused before any work (bad arguments, input or settings: BadInput and the
+argparse usage errors); 1 the run started and failed (RunFailed, an OS error); 128 + signal number when
+stopped by SIGINT or SIGTERM. Every error is one line on stderr, and no output folder is left behind."""
 from __future__ import annotations
 
 import argparse
 import logging
 import random
+import signal
+import shutil
 import sys
 from pathlib import Path
 
@@ -14,11 +20,18 @@ from .config import (
     LAYER0_POLICIES,
     NORMS,
     PRECURSORS,
+    RESIDUALS,
     VLMQConfig,
 )
+from .errors import BadInput, RunFailed
 from .runner import BASELINES, DTYPES, PAPER_DAMP_PERCENT, QuantSpec
 
 DEFAULT_DEMO_OUT = "out/vlmq-demo"
+EXIT_RUN_FAILED, EXIT_BAD_INPUT = 1, 2
+# refused before any work: the user's input or settings are the cause
+BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
+# the demo brings its own model and calibration data: these flags would be silently ignored
+DEMO_IGNORES = ("model", "calib", "image_root", "split", "num_samples", "max_length", "method")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,6 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", help=f"output checkpoint directory (--demo default: {DEFAULT_DEMO_OUT})")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    q.add_argument("--remove-stale", action="store_true",
+                   help="delete staging folders of --out left by killed runs (otherwise they are only listed)")
     q.add_argument("--method", choices=BASELINES + ("vlmq",), default="vlmq",
                    help="vlmq, or one of GPTQModel's own baselines for comparison")
     q.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=3)
@@ -60,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--targets", default=",".join(ATTENTION_PROJECTIONS), help="comma-separated projections")
     q.add_argument("--layer0", choices=LAYER0_POLICIES, default="uniform")
     q.add_argument("--min-weight", type=float, default=1e-3)
-    q.set_defaults(func=run_quantize)
+    q.add_argument("--residual", choices=RESIDUALS, default="weighted",
+                   help="with --precursor gptaq: how GPTAQ's asymmetric term is token-weighted")
+    q.add_argument("--random-ratio", type=float, default=0.5, help="--importance random: share of vision tokens down-weighted")
+    q.add_argument("--random-factor", type=float, default=0.01, help="--importance random: their weight")
+    q.add_argument("--random-seed", type=int, default=0, help="--importance random: seed (VLMQConfig.seed)")
+    q.set_defaults(func=run_quantize, demo_ignored_defaults={dest: q.get_default(dest) for dest in DEMO_IGNORES})
     add_eval_command(sub)
     return parser
 
@@ -68,7 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
 def vlmq_config(args) -> VLMQConfig:
     return VLMQConfig(importance=args.importance, granularity=args.granularity, norm=args.norm,
                       targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                      precursor=args.precursor, layer0=args.layer0, min_weight=args.min_weight)
+                      precursor=args.precursor, layer0=args.layer0, min_weight=args.min_weight,
+                      residual=args.residual, random_ratio=args.random_ratio, random_factor=args.random_factor,
+                      seed=args.random_seed)
 
 
 def quant_spec(args) -> QuantSpec:
@@ -82,18 +104,22 @@ def run_quantize(args) -> int:
     if args.demo:
         from .demo import run_demo
 
-        run_demo(Path(args.out or DEFAULT_DEMO_OUT), spec, cfg, overwrite=args.overwrite, seed=args.seed)
+        check_demo_flags(args)
+        out = Path(args.out or DEFAULT_DEMO_OUT)
+        report_stale_staging(out, args.remove_stale)
+        run_demo(out, spec, cfg, overwrite=args.overwrite, seed=args.seed)
         return 0
     missing = [flag for flag, value in (("--model", args.model), ("--calib", args.calib), ("--out", args.out))
                if not value]
     if missing:
-        raise SystemExit(f"vlmq quantize: {', '.join(missing)} required (or --demo for the built-in example).")
-    if not (Path(args.model) / "config.json").is_file():
-        raise SystemExit(f"vlmq quantize: --model {args.model} has no config.json; give a local model directory.")
+        raise BadInput(f"{', '.join(missing)} required (or --demo for the built-in example).")
+    from .model_dir import check_model_dir
     from .output_dir import check_output_dir, staged_output
     from .runner import quantize_to_dir
 
+    check_model_dir(args.model)
     check_output_dir(args.out, args.overwrite)
+    report_stale_staging(Path(args.out), args.remove_stale)
     calib = load_calibration(args)
     with staged_output(args.out, args.overwrite) as stage:
         quantize_to_dir(args.model, calib, stage, spec, args.method, cfg)
@@ -113,8 +139,32 @@ def load_calibration(args) -> list:
     kept, report = fit_to_length(conversations, AutoProcessor.from_pretrained(args.model), args.max_length)
     print(report)
     if not kept:
-        raise SystemExit(f"vlmq quantize: no calibration sample fits --max-length {args.max_length}.")
+        raise BadInput(f"no calibration sample fits --max-length {args.max_length}; raise it.")
     return kept
+
+
+def check_demo_flags(args) -> None:
+    given = [dest for dest, default in args.demo_ignored_defaults.items() if getattr(args, dest) != default]
+    if given:
+        flags = ", ".join("--" + dest.replace("_", "-") for dest in given)
+        raise BadInput(f"--demo uses the built-in model and calibration data and runs every method; drop {flags} "
+                       "(or drop --demo).")
+
+
+def report_stale_staging(out: Path, remove: bool) -> None:
+    from .output_dir import stale_staging_dirs
+
+    stale = stale_staging_dirs(out)
+    if not stale:
+        return
+    names = ", ".join(p.name for p in stale)
+    if remove:
+        for path in stale:
+            shutil.rmtree(path, ignore_errors=True)
+        print(f"removed {len(stale)} staging folders of killed runs beside {out}: {names}", file=sys.stderr)
+    else:
+        print(f"note: {len(stale)} staging folders of killed runs lie beside {out} ({names}); "
+              "pass --remove-stale to delete them.", file=sys.stderr)
 
 
 def main(argv=None) -> int:
@@ -126,11 +176,24 @@ def main(argv=None) -> int:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
         log.propagate = False
+    signal.signal(signal.SIGTERM, _exit_on_signal)  # like SIGINT: unwind, so staging folders are removed
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"vlmq {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except BAD_INPUT_ERRORS as e:
+        return _error(args, e, EXIT_BAD_INPUT)
+    except (RunFailed, OSError) as e:
+        return _error(args, e, EXIT_RUN_FAILED)
+    except KeyboardInterrupt:
+        return _error(args, "interrupted; nothing was written", 128 + signal.SIGINT)
+
+
+def _error(args, error, code: int) -> int:
+    print(f"vlmq {args.command}: error: {error}", file=sys.stderr)
+    return code
+
+
+def _exit_on_signal(signum, frame):
+    raise SystemExit(128 + signum)
 
 
 if __name__ == "__main__":

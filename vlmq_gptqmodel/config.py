@@ -1,8 +1,12 @@
 """User-facing VLMQ settings: `model.quantize(calib, method="vlmq", vlmq=VLMQConfig(...))`."""
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import asdict, dataclass
 from typing import Tuple
+
+from .errors import BadInput
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
 
@@ -65,23 +69,14 @@ class VLMQConfig:
         _one_of("layer0", self.layer0, LAYER0_POLICIES)
         _one_of("residual", self.residual, RESIDUALS)
         if self.residual != "weighted" and self.precursor != "gptaq":
-            raise ValueError(f"VLMQConfig.residual={self.residual!r} changes GPTAQ's asymmetric term; the GPTQ "
-                             f"precursor has none: use precursor='gptaq' or leave residual='weighted'.")
-        if isinstance(self.targets, str):
-            self.targets = (self.targets,)
-        self.targets = tuple(self.targets)
-        unknown = [t for t in self.targets if t not in ATTENTION_PROJECTIONS]
-        if unknown or not self.targets:
-            raise ValueError(
-                f"VLMQConfig.targets={self.targets!r}: each target must be one of {ATTENTION_PROJECTIONS} "
-                f"and at least one is needed (to quantize without token weighting use method='gptq')."
-            )
-        if not 0.0 <= self.min_weight < 1.0:
-            raise ValueError(f"VLMQConfig.min_weight={self.min_weight}: must be in [0, 1) (relative to mean 1).")
-        if not 0.0 <= self.random_ratio <= 1.0:
-            raise ValueError(f"VLMQConfig.random_ratio={self.random_ratio}: must be in [0, 1].")
-        if not self.random_factor > 0.0:
-            raise ValueError(f"VLMQConfig.random_factor={self.random_factor}: must be > 0.")
+            raise BadInput(f"VLMQConfig.residual={self.residual!r} changes GPTAQ's asymmetric term; the GPTQ "
+                           f"precursor has none: use precursor='gptaq' or leave residual='weighted'.")
+        self.targets = _targets(self.targets)
+        _number_in("min_weight", self.min_weight, 0.0, 1.0, "in [0, 1) (relative to mean 1)", high_open=True)
+        _number_in("random_ratio", self.random_ratio, 0.0, 1.0, "in [0, 1]")
+        _number_in("random_factor", self.random_factor, 0.0, math.inf, "a finite number > 0", low_open=True)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool):
+            raise BadInput(f"VLMQConfig.seed={self.seed!r}: must be an int.")
 
     @property
     def uses_gradients(self) -> bool:
@@ -94,5 +89,23 @@ class VLMQConfig:
 
 
 def _one_of(name: str, value, allowed) -> None:
-    if value not in allowed:
-        raise ValueError(f"VLMQConfig.{name}={value!r}: must be one of {allowed}.")
+    if not isinstance(value, str) or value not in allowed:
+        raise BadInput(f"VLMQConfig.{name}={value!r}: must be one of {allowed}.")
+
+
+def _targets(targets) -> Tuple[str, ...]:
+    targets = (targets,) if isinstance(targets, str) else tuple(targets) if isinstance(targets, (list, tuple)) else None
+    if not targets or any(t not in ATTENTION_PROJECTIONS for t in targets) or len(set(targets)) != len(targets):
+        raise BadInput(
+            f"VLMQConfig.targets={targets!r}: each target must be one of {ATTENTION_PROJECTIONS}, at most once, "
+            f"and at least one is needed (to quantize without token weighting use method='gptq')."
+        )
+    return targets
+
+
+def _number_in(name: str, value, low: float, high: float, wanted: str, *, low_open=False, high_open=False) -> None:
+    """A finite real number (not a bool or a string) between low and high."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        raise BadInput(f"VLMQConfig.{name}={value!r}: must be {wanted}.")

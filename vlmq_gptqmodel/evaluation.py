@@ -19,11 +19,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from vlmq_gptqmodel.errors import BadInput
+from vlmq_gptqmodel.model_dir import check_model_dir, is_quantized, read_config
 from vlmq_gptqmodel.world import DEFAULT_WORLD, QA, Sample, make_samples, user_turn
 from vlmq_gptqmodel.tiny_vlm import IM_END
 
 DEFAULT_EVAL_SAMPLES = 100
 DEFAULT_BATCH_SIZE = 32
+# config fields that must agree between a model and its --reference (text_config's where nested)
+ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                       "num_attention_heads", "num_key_value_heads", "synth_world")
 # The project's own trained VLM, shipped as package data once it is trained (see tools/TRAINING.md).
 SYNTHVLM_DIR = Path(__file__).resolve().parent / "assets" / "synthvlm"
 
@@ -88,7 +93,7 @@ class EvalResult:
         rows = [f"| {kind} | {acc:.3f} |" for kind, acc in self.per_kind.items()]
         rows.append(f"| **overall** ({len(self.correct)} questions) | **{self.accuracy:.3f}** |")
         if self.mean_kl is not None:
-            rows.append(f"| mean answer KL vs FP | {self.mean_kl:.4f} |")
+            rows.append(f"| mean answer KL vs FP | {self.mean_kl:.3g} |")
         return "\n".join(["| question kind | exact match |", "|---|---|", *rows])
 
 
@@ -191,11 +196,10 @@ def evaluate(model, processor, samples: list[Sample], *, reference_logits=None,
 
 
 def is_quantized_checkpoint(model_dir) -> bool:
-    config = json.loads((Path(model_dir) / "config.json").read_text())
-    return "quantization_config" in config
+    return is_quantized(read_config(model_dir), model_dir)
 
 
-def load_for_eval(model_dir, *, dtype: torch.dtype = torch.float32):
+def load_for_eval(model_dir, *, dtype: torch.dtype = torch.float32, flag: str = "--model"):
     """(model, processor) for an FP transformers directory or a GPTQ checkpoint saved by GPTQModel.
 
     A GPTQ checkpoint runs in `dtype` if that is fp16 or bf16, else in bf16: GPTQModel's TorchLinear,
@@ -204,11 +208,9 @@ def load_for_eval(model_dir, *, dtype: torch.dtype = torch.float32):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     model_dir = Path(model_dir)
-    if not (model_dir / "config.json").is_file():
-        raise FileNotFoundError(f"{model_dir} has no config.json; pass a directory written by save_pretrained "
-                                f"or by GPTQModel's save()")
+    config = check_model_dir(model_dir, flag)
     processor = AutoProcessor.from_pretrained(model_dir)
-    if is_quantized_checkpoint(model_dir):
+    if is_quantized(config, model_dir):
         from gptqmodel import GPTQModel
 
         half = dtype if dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
@@ -240,14 +242,36 @@ def processor_image_size(processor) -> int:
 def evaluate_dir(model_dir, *, n: int = DEFAULT_EVAL_SAMPLES, seed: int = 0, reference_dir=None,
                  batch_size: int = DEFAULT_BATCH_SIZE) -> EvalResult:
     """Load and evaluate `model_dir` (FP or GPTQ); with `reference_dir` also the KL against that FP model."""
+    if reference_dir is not None:
+        check_reference(model_dir, reference_dir)
     model, processor = load_for_eval(model_dir)
     samples = eval_samples(n, seed, image_size=processor_image_size(processor), world=world_of(model))
     reference = None
     if reference_dir is not None:
-        ref_model, ref_processor = load_for_eval(reference_dir)
+        ref_model, ref_processor = load_for_eval(reference_dir, flag="--reference")
+        if processor_image_size(ref_processor) != processor_image_size(processor):
+            raise BadInput(f"--reference {reference_dir} takes {processor_image_size(ref_processor)} px images, "
+                           f"--model {processor_image_size(processor)} px: give the model it was quantized from.")
         reference = evaluate(ref_model, ref_processor, samples, batch_size=batch_size)
         del ref_model
     return evaluate(model, processor, samples, reference_logits=reference, batch_size=batch_size)
+
+
+def check_reference(model_dir, reference_dir) -> None:
+    """The KL "vs FP" is meaningful only against the full-precision model `model_dir` was made from."""
+    ref_config = check_model_dir(reference_dir, "--reference")
+    if is_quantized(ref_config, reference_dir):
+        raise BadInput(f"--reference {reference_dir} is a quantized checkpoint; give the full-precision model.")
+    mine, theirs = _architecture(read_config(model_dir)), _architecture(ref_config)
+    differing = [f"{k} {mine[k]} vs {theirs[k]}" for k in ARCHITECTURE_FIELDS if mine[k] != theirs[k]]
+    if differing:
+        raise BadInput(f"--reference {reference_dir} is not the model --model {model_dir} was quantized from "
+                       f"({', '.join(differing)}).")
+
+
+def _architecture(config: dict) -> dict:
+    text = {**config, **config.get("text_config", {})}
+    return {k: text.get(k) for k in ARCHITECTURE_FIELDS}
 
 
 def add_eval_command(subparsers) -> None:
@@ -267,7 +291,7 @@ def add_eval_command(subparsers) -> None:
 
 def _run_eval_command(args) -> int:
     if args.n < 1:
-        raise SystemExit(f"--n {args.n}: evaluate at least one image")
+        raise BadInput(f"--n {args.n}: evaluate at least one image")
     result = evaluate_dir(args.model or synthvlm_dir(), n=args.n, seed=args.seed, reference_dir=args.reference,
                           batch_size=args.batch_size)
     print(result.table())

@@ -17,11 +17,10 @@ import time
 from typing import Callable, Dict, List, Optional
 
 import torch
-from gptqmodel.looper.gptq_processor import GPTQProcessor
-from gptqmodel.looper.native_processor import NativeProcessor
 
 from ..config import ATTENTION_PROJECTIONS, VLMQConfig
 from ..layer_importance import LayerStreams, layer_importance
+from .guard import GuardedGPTQProcessor, GuardedNativeProcessor, RunGuard, guarded
 from .tasks import make_token_weighted
 
 ATTN_PREFIX = "self_attn."
@@ -52,6 +51,10 @@ class VLMQRun:
         """Remember which calibration tokens are vision tokens (GPTQModel's cache drops input_ids)."""
         ids = torch.tensor(self.vision_token_ids)
         self.vision = [torch.isin(batch["input_ids"].cpu(), ids) for batch in prepared_batches]
+        if not any(bool(v.any()) for v in self.vision):
+            log.warning("VLMQ: no calibration sample holds an image (text-only calibration); VLMQ then weights "
+                        "text tokens only and its vision-token weighting has nothing to act on. Calibrate with "
+                        "image+text samples.")
 
     def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
         return self.weights[layer_index][projection][batch_index]
@@ -102,7 +105,7 @@ def format_report(report: dict) -> str:
     return f"VLMQ layer {report['layer']:>3} [{policy}] {report['seconds']:.2f}s  " + "  ".join(parts)
 
 
-class VLMQCaptureProcessor(NativeProcessor):
+class VLMQCaptureProcessor(GuardedNativeProcessor):
     run: VLMQRun  # bound per run by `bind_processors`
 
     def __init__(self, *args, **kwargs):
@@ -122,7 +125,7 @@ class VLMQCaptureProcessor(NativeProcessor):
         self.run.fp_inputs[layer_index] = [x[0] for x in layer_inputs]
 
 
-class VLMQGPTQProcessor(GPTQProcessor):
+class VLMQGPTQProcessor(GuardedGPTQProcessor):
     run: VLMQRun  # bound per run by `bind_processors`
 
     def __init__(self, *args, **kwargs):
@@ -162,8 +165,9 @@ class VLMQGPTQProcessor(GPTQProcessor):
         return "gptq"
 
 
-def bind_processors(run: VLMQRun):
-    """Per-run subclasses carrying `run`, to stand in for GPTQModel's processor classes."""
-    capture = type("VLMQCaptureProcessorBound", (VLMQCaptureProcessor,), {"run": run})
-    quantize = type("VLMQGPTQProcessorBound", (VLMQGPTQProcessor,), {"run": run})
-    return capture, quantize
+def bind_processors(guard: RunGuard, run: Optional[VLMQRun] = None):
+    """Per-run (capture, quantize) classes to stand in for GPTQModel's NativeProcessor and GPTQProcessor:
+    VLMQ's when `run` is given, otherwise GPTQModel's own behind the run guard."""
+    if run is None:
+        return guarded(GuardedNativeProcessor, guard), guarded(GuardedGPTQProcessor, guard)
+    return guarded(VLMQCaptureProcessor, guard, run=run), guarded(VLMQGPTQProcessor, guard, run=run)

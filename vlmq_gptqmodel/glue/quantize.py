@@ -20,11 +20,13 @@ from gptqmodel.quantization.config import GPTAQConfig
 
 from ..config import VLMQConfig
 from ..rtn import rtn_quantize_weight
+from .guard import RunGuard
+from .preflight import check_before_run
 from .processors import VLMQRun, bind_processors
 
 SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
 METHODS = ("gptq", "vlmq")
-_RUN_LOCK = threading.Lock()  # the processor swap is process-global: one VLMQ run at a time
+_RUN_LOCK = threading.Lock()  # the processor swap is process-global: one quantize() at a time
 
 
 def install() -> None:
@@ -38,13 +40,29 @@ def install() -> None:
         if method is None or method == "gptq":
             if vlmq is not None:
                 raise ValueError("quantize(vlmq=...) needs method='vlmq'.")
-            return original(self, calibration, *args, **kwargs)
+            return guarded_quantize(self, original, calibration, args, kwargs)
         if method != "vlmq":
             raise ValueError(f"quantize(method={method!r}): supported methods are {METHODS}.")
         return quantize_vlmq(self, original, calibration, args, kwargs, vlmq)
 
     quantize.__vlmq_wrapped__ = original
     BaseQModel.quantize = quantize
+
+
+def guarded_quantize(model: BaseQModel, original, calibration, args, kwargs, run: VLMQRun = None):
+    """GPTQModel's quantize() behind the project's checks: shapes and weights before the loop, and worker
+    failures or non-finite activations raised in the caller's thread as RunFailed."""
+    check_before_run(model)
+    guard = RunGuard()
+    if not _RUN_LOCK.acquire(blocking=False):
+        raise RuntimeError("another quantization is running in this process (the processor swap is global).")
+    try:
+        with _processors_swapped(guard, run):
+            result = original(model, calibration, *args, **kwargs)
+    finally:
+        _RUN_LOCK.release()
+    guard.raise_pending()
+    return result
 
 
 def check_model(model: BaseQModel) -> None:
@@ -86,26 +104,22 @@ def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg) -
 
     run = VLMQRun(cfg, vision_ids, rtn)
     user_gptaq = qcfg.gptaq
-    if not _RUN_LOCK.acquire(blocking=False):
-        raise RuntimeError("another method='vlmq' quantization is running in this process.")
     try:
         # qcfg.gptaq makes GPTQModel insert the full-precision stream (its NativeProcessor); VLMQ needs
         # that stream for X even with the GPTQ precursor, whose quantizer then ignores it.
         qcfg.gptaq = user_gptaq or GPTAQConfig()
-        with _processors_swapped(run):
-            result = original(model, *bound.args[1:], **bound.kwargs)
+        result = guarded_quantize(model, original, bound.args[1], bound.args[2:], bound.kwargs, run)
     finally:
         if cfg.precursor == "gptq":
             qcfg.gptaq = user_gptaq
-        _RUN_LOCK.release()
     qcfg.meta_set("vlmq", {**cfg.to_meta(), "gptaq_alpha": qcfg.gptaq.alpha if qcfg.gptaq else None})
     model.vlmq_report = run.reports
     return result
 
 
 @contextlib.contextmanager
-def _processors_swapped(run: VLMQRun):
-    capture, quantizer = bind_processors(run)
+def _processors_swapped(guard: RunGuard, run: VLMQRun = None):
+    capture, quantizer = bind_processors(guard, run)
     saved = gptq_processor_module.GPTQProcessor, native_processor_module.NativeProcessor
     # base.py imports both classes from these modules inside `_quantize_with_calibration`
     gptq_processor_module.GPTQProcessor, native_processor_module.NativeProcessor = quantizer, capture

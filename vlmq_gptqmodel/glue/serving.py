@@ -21,6 +21,7 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ..errors import BadInput
 from . import check_gptqmodel_version
 
 check_gptqmodel_version()
@@ -110,6 +111,13 @@ def serve(model: nn.Module, *, allow_interpreter: bool = False) -> ServingReport
     return report
 
 
+def _check_device_exists(device) -> None:
+    """No kernel, ours or GPTQModel's, can serve on a device that is not there: say so before loading."""
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise BadInput(f"device={str(device)!r} but torch sees no CUDA GPU on this machine; pass device='cpu' "
+                       "to serve with GPTQModel's CPU kernels.")
+
+
 def load_quantized(checkpoint_dir, device="cuda", *, fallback: bool = True, allow_interpreter: bool = False,
                    **load_kwargs):
     """`GPTQModel.load(checkpoint_dir, device=device, **load_kwargs)`, served by the VLMQ kernels.
@@ -121,6 +129,7 @@ def load_quantized(checkpoint_dir, device="cuda", *, fallback: bool = True, allo
     if "backend" in load_kwargs:
         raise ValueError("load_quantized chooses the backend itself; call GPTQModel.load(..., backend=...) "
                          "directly to use a specific GPTQModel kernel")
+    _check_device_exists(device)
     reason = refusal_reason(device, allow_interpreter)
     if reason is not None:
         if not fallback:

@@ -42,7 +42,7 @@ from vlmq_gptqmodel.evaluation import (
 )
 from vlmq_gptqmodel.rtn import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
-from vlmq_gptqmodel.stats import paired_difference
+from vlmq_gptqmodel.stats import lower_share, paired_difference, top_share
 from vlmq_gptqmodel.world import calibration_conversations
 
 RESULTS = Path(__file__).resolve().parent / "results" / "quality"
@@ -226,23 +226,30 @@ def seed_row(runs, part, calib, bits, group, label, seeds) -> str | None:
         return None
     acc, acc_sd = mean_sd([r["accuracy"] for r in done])
     kl, kl_sd = mean_sd([1e3 * r["kl"] for r in done])
-    return f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {len(done)} |"
+    top = statistics.mean(top_share(r["question_kl"]) for r in done)
+    return (f"| W{bits} g{group} | {label} | {acc:.3f} ± {acc_sd:.3f} | {kl:.3f} ± {kl_sd:.3f} | {top:.0%} | "
+            f"{len(done)} |")
+
+
+TABLE_HEAD = ("| setting | {} | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | KL share of the 10 worst "
+              "questions | seeds |\n|---|---|---|---|---|---|")
 
 
 def method_rows(runs, part, calib, settings, seeds, labels, rtn_prefix: str | None) -> str:
-    lines = ["| setting | method | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | seeds |",
-             "|---|---|---|---|---|"]
+    lines = [TABLE_HEAD.format("method")]
     for bits, group in settings:
-        lines.append(f"| W{bits} g{group} | FP | {runs['FP']['accuracy']:.3f} | 0 | - |")
+        lines.append(f"| W{bits} g{group} | FP | {runs['FP']['accuracy']:.3f} | 0 | - | - |")
         rtn = runs.get(f"{rtn_prefix}|w{bits}g{group}") if rtn_prefix else None
         if rtn:
-            lines.append(f"| W{bits} g{group} | RTN | {rtn['accuracy']:.3f} | {1e3 * rtn['kl']:.3f} | - |")
+            lines.append(f"| W{bits} g{group} | RTN | {rtn['accuracy']:.3f} | {1e3 * rtn['kl']:.3f} | "
+                         f"{top_share(rtn['question_kl']):.0%} | - |")
         lines += filter(None, (seed_row(runs, part, calib, bits, group, label, seeds) for label in labels))
     return "\n".join(lines)
 
 
 def paired(runs, part, calib, bits, group, method, base, seeds):
-    """(KL difference, accuracy difference) of method minus base over the seeds both have, or None."""
+    """(KL difference, accuracy difference, share of questions with the lower KL) of method minus base over
+    the seeds both have, or None."""
     both = [s for s in seeds if key(part, calib, bits, group, method, s) in runs
             and key(part, calib, bits, group, base, s) in runs]
     if not both:
@@ -255,20 +262,20 @@ def paired(runs, part, calib, bits, group, method, base, seeds):
 
     kl = paired_difference(matrix(method, "question_kl"), matrix(base, "question_kl"), lengths, lower_is_better=True)
     acc = paired_difference(matrix(method, "correct"), matrix(base, "correct"), lower_is_better=False)
-    return kl, acc
+    return kl, acc, lower_share(matrix(method, "question_kl"), matrix(base, "question_kl"))
 
 
 def paired_rows(runs, part, calib, settings, seeds, pairs=PAIRS) -> str:
-    lines = ["| setting | comparison | KL ×10⁻³ difference [95 % CI] | KL: seeds won | verdict | "
-             "exact-match difference [95 % CI] | acc: seeds won |", "|---|---|---|---|---|---|---|"]
+    lines = ["| setting | comparison | KL ×10⁻³ difference [95 % CI] | KL: seeds won | verdict | questions with "
+             "lower KL | exact-match difference [95 % CI] | acc: seeds won |", "|---|---|---|---|---|---|---|---|"]
     for bits, group in settings:
         for method, base in pairs:
             result = paired(runs, part, calib, bits, group, method, base, seeds)
             if result is None:
                 continue
-            kl, acc = result
+            kl, acc, lower = result
             lines.append(f"| W{bits} g{group} | {method} − {base} | {1e3 * kl.mean:+.3f} [{1e3 * kl.low:+.3f}, "
-                         f"{1e3 * kl.high:+.3f}] | {kl.wins}/{kl.seeds} | {kl.verdict} | {acc.mean:+.4f} "
+                         f"{1e3 * kl.high:+.3f}] | {kl.wins}/{kl.seeds} | {kl.verdict} | {lower:.1%} | {acc.mean:+.4f} "
                          f"[{acc.low:+.4f}, {acc.high:+.4f}] | {acc.wins}/{acc.seeds} |")
     return "\n".join(lines)
 
@@ -294,8 +301,7 @@ def sweep_rows(runs, sizes, settings, seeds) -> str:
 
 
 def variant_rows(runs, part, calib, settings, seeds, labels) -> str:
-    lines = ["| setting | variant | exact match (mean ± sd) | answer KL ×10⁻³ (mean ± sd) | seeds |",
-             "|---|---|---|---|---|"]
+    lines = [TABLE_HEAD.format("variant")]
     lines += filter(None, (seed_row(runs, part, calib, bits, group, label, seeds)
                            for bits, group in settings for label in labels))
     return "\n".join(lines)
@@ -303,7 +309,7 @@ def variant_rows(runs, part, calib, settings, seeds, labels) -> str:
 
 def ablation_rows(runs, calib, settings, seeds, precursor: str, labels) -> str:
     """The precursor and the unablated VLMQ (from the main part), then every ablation, per setting."""
-    lines = variant_rows(runs, "main", calib, [], seeds, []).split("\n")
+    lines = [TABLE_HEAD.format("variant")]
     for bits, group in settings:
         rows = [seed_row(runs, "main", calib, bits, group, label, seeds)
                 for label in (precursor.upper(), f"VLMQ({precursor})")]
@@ -312,10 +318,11 @@ def ablation_rows(runs, calib, settings, seeds, precursor: str, labels) -> str:
     return "\n".join(lines)
 
 
-def layer_error_rows(runs, part, calib, settings, seeds, labels) -> str:
+def layer_error_section(runs, part, calib, settings, seeds, labels) -> list[str]:
     """Relative output error of the first and the last decoder layer on held-out tokens (×10⁻³), all, vision
-    and text tokens apart, mean over seeds."""
-    lines = ["| setting | method | first layer: all / vision / text | last layer: all / vision / text | seeds |",
+    and text tokens apart, mean over seeds; nothing if no run has it."""
+    lines = [f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
+             "| setting | method | first layer: all / vision / text | last layer: all / vision / text | seeds |",
              "|---|---|---|---|---|"]
     for bits, group in settings:
         for label in labels:
@@ -327,7 +334,7 @@ def layer_error_rows(runs, part, calib, settings, seeds, labels) -> str:
                 cells.append(" / ".join(f"{1e3 * statistics.mean(r['layer_errors'][t][layer] for r in done):.3f}"
                                         for t in ("all", "vision", "text")))
             lines.append(f"| W{bits} g{group} | {label} | {cells[0]} | {cells[1]} | {len(done)} |")
-    return "\n".join(lines)
+    return ["\n".join(lines)] if len(lines) > 3 else []
 
 
 def part_minutes(runs, part: str) -> float:
@@ -507,22 +514,22 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
             f"{bench.world!r}), {calib} calibration images per seed unless the sweep says otherwise, quantized in "
             f"{args.dtype}, act-order on, asymmetric, damp 0.01, GPTAQ alpha 0.25; {SERVED[args.serve]}. "
             f"Paired differences: method minus its precursor, per calibration seed and question, 95 % bootstrap "
-            f"interval over seeds and questions; \"no difference\" where it contains 0.\n"]
+            f"interval over seeds and questions; \"no difference\" where it contains 0. Questions with lower KL: "
+            f"share of the (seed, question) pairs, among those that differ, where the method's KL is the lower one "
+            f"(a few extreme questions cannot swing it; the mean KL is often carried by ten of them).\n"]
     if any(k.startswith("main|") for k in runs):
         text += [f"## Main (seeds {seeds}; {part_minutes(runs, 'main'):.0f} min of quantization so far)\n",
                  method_rows(runs, "main", calib, settings, seeds, MAIN, "rtn"),
-                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "main", calib, settings, seeds),
-                 f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
-                 layer_error_rows(runs, "main", calib, settings, seeds, MAIN)]
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "main", calib, settings, seeds)]
+        text += layer_error_section(runs, "main", calib, settings, seeds, MAIN)
         main_chart(runs, calib, settings, seeds, results / "quality.png",
                    f"{model}, {calib} calibration samples, mean ± sd over seeds {seeds}")
     if any(k.startswith("attn|") for k in runs):
         text += [f"\n## Attention only: q/k/v/o quantized, MLP kept FP (seeds {seeds}; "
                  f"{part_minutes(runs, 'attn'):.0f} min)\n",
                  method_rows(runs, "attn", calib, attn_settings, seeds, MAIN, "rtn-attn"),
-                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, seeds),
-                 f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
-                 layer_error_rows(runs, "attn", calib, attn_settings, seeds, MAIN)]
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, seeds)]
+        text += layer_error_section(runs, "attn", calib, attn_settings, seeds, MAIN)
     if any(k.startswith("sweep|") for k in runs):
         text += [f"\n## Calibration-size sweep (seeds {sweep_seeds}; {part_minutes(runs, 'sweep'):.0f} min)\n",
                  "Effective tokens: Kish's effective sample size (Σg²)²/Σg⁴ of each projection's Hessian weights, "
@@ -541,9 +548,8 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                  paired_rows(runs, "study", calib, study_settings, study_seeds,
                              [(f"VLMQ(gptaq) alpha={a}", f"GPTAQ alpha={a}") for a in (0.1, 0.25, 0.5)]
                              + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
-                                ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")]),
-                 f"\n### Decoder-layer output error on {LAYER_ERROR_QUESTIONS} held-out questions (×10⁻³)\n",
-                 layer_error_rows(runs, "study", calib, study_settings, study_seeds, list(study))]
+                                ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
+        text += layer_error_section(runs, "study", calib, study_settings, study_seeds, list(study))
     text += [f"\nreproduce: `{command}`\n"]
     results.mkdir(parents=True, exist_ok=True)
     (results / "quality.md").write_text("\n".join(text))

@@ -72,3 +72,14 @@ def test_summarize_reports_effective_tokens_over_valid_tokens():
     vision = [torch.tensor([[True, True, False, False]])]
     valid = [torch.tensor([[True, True, False, False]])]  # the 9.0 is padding
     assert summarize(g, vision, valid)["effective_tokens"] == pytest.approx(2)
+
+
+def test_lower_share_and_top_share_known_answers():
+    from vlmq_gptqmodel.stats import lower_share, top_share
+
+    method = np.array([[1.0, 2.0, 3.0, 9.0]])
+    base = np.array([[2.0, 2.0, 1.0, 10.0]])
+    assert lower_share(method, base) == pytest.approx(2 / 3)  # the tie is left out
+    assert lower_share(base, base) == 0.5
+    assert top_share([5.0, 1.0, 1.0, 1.0, 1.0, 1.0], k=1) == pytest.approx(0.5)
+    assert top_share(np.ones(20), k=10) == pytest.approx(0.5)

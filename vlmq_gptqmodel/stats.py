@@ -61,3 +61,17 @@ def paired_difference(method: np.ndarray, baseline: np.ndarray, lengths: np.ndar
     wins = int((per_seed < 0).sum() if lower_is_better else (per_seed > 0).sum())
     return PairedDifference(float(per_seed.mean()), float(low), float(high), wins, n_seeds,
                             tuple(float(x) for x in per_seed))
+
+
+def lower_share(method: np.ndarray, baseline: np.ndarray) -> float:
+    """Share of the (seed, question) pairs that differ on which the method's value is the lower one: a
+    per-question sign test that a few extreme questions cannot swing."""
+    diff = np.asarray(method, dtype=np.float64) - np.asarray(baseline, dtype=np.float64)
+    differ = diff != 0
+    return float((diff[differ] < 0).mean()) if differ.any() else 0.5
+
+
+def top_share(values, k: int = 10) -> float:
+    """Share of the total carried by the k largest values (how concentrated a mean is)."""
+    v = np.sort(np.asarray(values, dtype=np.float64))[::-1]
+    return float(v[:k].sum() / v.sum()) if v.sum() > 0 else 0.0

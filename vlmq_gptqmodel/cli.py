@@ -122,9 +122,19 @@ def run_quantize(args) -> int:
     report_stale_staging(Path(args.out), args.remove_stale)
     calib = load_calibration(args)
     with staged_output(args.out, args.overwrite) as stage:
-        quantize_to_dir(args.model, calib, stage, spec, args.method, cfg)
+        model = quantize_to_dir(args.model, calib, stage, spec, args.method, cfg)
+    print_importance_summary(getattr(model, "vlmq_report", None))
     print(f"wrote a standard GPTQ checkpoint (W{spec.bits} g{spec.group_size}, {args.method}) to {args.out}")
     return 0
+
+
+def print_importance_summary(report) -> None:
+    """The per-layer G lines again, together at the end: during the run they are among GPTQModel's many."""
+    if report:
+        from .glue.processors import format_report
+
+        print("token importance G per decoder layer (cv: how far from uniform; vis/txt: vision over text mean):")
+        print("\n".join(format_report(layer) for layer in report))
 
 
 def load_calibration(args) -> list:

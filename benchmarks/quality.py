@@ -410,7 +410,7 @@ def parse_args(argv=None):
     p.add_argument("--model", help="FP model directory (default: the shipped synthvlm)")
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     p.add_argument("--settings", default="w4g128,w3g128,w2g128,w3g32,w2g32", help="settings of the main part")
-    p.add_argument("--seeds", default="0,1,2,3,4", help="calibration seeds of the main and attention-only parts")
+    p.add_argument("--seeds", default="0,1,2,3,4", help="calibration seeds of the main part")
     p.add_argument("--calib", type=int, default=512, help="calibration images per seed (the paper: 512)")
     p.add_argument("--eval", type=int, default=320,
                    help="images scored (about 3.3 questions each: 320 gives over 1,000 questions)")
@@ -422,6 +422,8 @@ def parse_args(argv=None):
     p.add_argument("--serve", choices=tuple(SERVE_DTYPE), default="dequantized",
                    help="score checkpoints as dequantized fp32 weights, or through GPTQModel's TorchLinear in bf16")
     p.add_argument("--attention-settings", default="w3g128,w2g128")
+    p.add_argument("--attention-seeds", default=None, help="calibration seeds of the attention-only part "
+                                                               "(default: --seeds)")
     p.add_argument("--sweep-sizes", default="64,128,256,512,1024")
     p.add_argument("--sweep-settings", default="w3g128,w2g128")
     p.add_argument("--sweep-seeds", default="0")
@@ -461,6 +463,7 @@ def main(argv=None) -> None:
     seeds, sizes = parse_ints(args.seeds, "seeds"), parse_ints(args.sweep_sizes, "sweep-sizes")
     sweep_seeds, abl_seeds = parse_ints(args.sweep_seeds, "sweep-seeds"), parse_ints(args.ablation_seeds, "ablation-seeds")
     study_seeds = parse_ints(args.study_seeds, "study-seeds")
+    attn_seeds = parse_ints(args.attention_seeds, "attention-seeds") if args.attention_seeds else seeds
     bench = Bench(args)
     abl = ablations(VLMQConfig(precursor=args.ablation_precursor))
     study = gptaq_study()
@@ -475,7 +478,7 @@ def main(argv=None) -> None:
     if "attention-only" in args.parts:
         for bits, group in attn_settings:
             bench.rtn(bits, group, attention_only=True)
-        for seed in seeds:
+        for seed in attn_seeds:
             for bits, group in attn_settings:
                 for label, (method, cfg) in MAIN.items():
                     bench.quantized(key("attn", args.calib, bits, group, label, seed), bits, group, seed, args.calib,
@@ -500,11 +503,11 @@ def main(argv=None) -> None:
                     bench.quantized(key("study", args.calib, bits, group, name, seed), bits, group, seed,
                                     args.calib, method, cfg, alpha=alpha)
     write_report(bench, args, settings, attn_settings, sweep_settings, sizes, abl_settings, study_settings,
-                 seeds, sweep_seeds, abl_seeds, study_seeds, abl, study)
+                 seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study)
 
 
 def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, abl_settings, study_settings,
-                 seeds, sweep_seeds, abl_seeds, study_seeds, abl, study) -> None:
+                 seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study) -> None:
     runs, calib = bench.runs, args.calib
     results = Path(args.results)
     command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
@@ -525,11 +528,11 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
         main_chart(runs, calib, settings, seeds, results / "quality.png",
                    f"{model}, {calib} calibration samples, mean ± sd over seeds {seeds}")
     if any(k.startswith("attn|") for k in runs):
-        text += [f"\n## Attention only: q/k/v/o quantized, MLP kept FP (seeds {seeds}; "
+        text += [f"\n## Attention only: q/k/v/o quantized, MLP kept FP (seeds {attn_seeds}; "
                  f"{part_minutes(runs, 'attn'):.0f} min)\n",
-                 method_rows(runs, "attn", calib, attn_settings, seeds, MAIN, "rtn-attn"),
-                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, seeds)]
-        text += layer_error_section(runs, "attn", calib, attn_settings, seeds, MAIN)
+                 method_rows(runs, "attn", calib, attn_settings, attn_seeds, MAIN, "rtn-attn"),
+                 "\n### VLMQ minus its own precursor\n", paired_rows(runs, "attn", calib, attn_settings, attn_seeds)]
+        text += layer_error_section(runs, "attn", calib, attn_settings, attn_seeds, MAIN)
     if any(k.startswith("sweep|") for k in runs):
         text += [f"\n## Calibration-size sweep (seeds {sweep_seeds}; {part_minutes(runs, 'sweep'):.0f} min)\n",
                  "Effective tokens: Kish's effective sample size (Σg²)²/Σg⁴ of each projection's Hessian weights, "

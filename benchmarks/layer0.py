@@ -11,30 +11,22 @@ of variation, vision/text mean ratio per projection) and every decoder layer's r
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
-from vlmq_gptqmodel.compare import layer_output_errors
+from vlmq_gptqmodel.synth.compare import layer_output_errors
 from vlmq_gptqmodel.config import LAYER0_POLICIES, PRECURSORS, VLMQConfig
-from vlmq_gptqmodel.demo import LAYER_ERROR_QUESTIONS
-from vlmq_gptqmodel.evaluation import (encode_scored, eval_samples, load_for_eval, processor_image_size, questions_of,
+from vlmq_gptqmodel.layer_importance import describe_projections
+from vlmq_gptqmodel.synth.demo import LAYER_ERROR_QUESTIONS
+from vlmq_gptqmodel.synth.evaluation import (encode_scored, eval_samples, load_for_eval, processor_image_size, questions_of,
                                        synthvlm_dir)
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
-from vlmq_gptqmodel.world import calibration_conversations
+from vlmq_gptqmodel.synth.world import calibration_conversations
+from results_io import RESULTS, reproduce_line, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def layer0_g(report: dict) -> str:
-    parts = []
-    for name, s in report["projections"].items():
-        ratio = s["vision_mean"] / s["text_mean"] if s["vision_mean"] is not None and s["text_mean"] else None
-        parts.append(f"{name[0]}: cv {s['cv']:.2f}" + (f", vis/txt {ratio:.2f}" if ratio is not None else ""))
-    return "; ".join(parts)
 
 
 def main() -> None:
@@ -64,7 +56,7 @@ def main() -> None:
                 del model
                 quantized, _ = load_for_eval(out)
                 errors = layer_output_errors(fp_model, quantized, [batch])
-                rows.append((bits, policy, report["policy"], layer0_g(report), errors))
+                rows.append((bits, policy, report["policy"], "; ".join(describe_projections(report)), errors))
                 del quantized
     n_layers = len(rows[0][4])
     lines = ["# Layer-0 policies\n",
@@ -75,11 +67,10 @@ def main() -> None:
              "|---|---|---|---|" + "---|" * n_layers]
     for bits, policy, used, g, errors in rows:
         lines.append(f"| W{bits} | {policy} | {used} | {g} | " + " | ".join(f"{e:.3e}" for e in errors) + " |")
-    lines.append(f"\nreproduce: `{' '.join(['python benchmarks/layer0.py', *sys.argv[1:]])}`\n")
+    lines.append("\n" + reproduce_line("layer0.py") + "\n")
     text = "\n".join(lines)
     print(text)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_text(args.out, text)
 
 
 if __name__ == "__main__":

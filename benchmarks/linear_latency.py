@@ -37,8 +37,8 @@ if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")  # the correctness pass; must precede importing triton
 
 import torch.nn.functional as F  # noqa: E402
+from results_io import RESULTS, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
 # Qwen2-VL-7B linear layers (in_features, out_features); q/k/v and gate/up fused as served.
 TABLE_11 = {"q/k/v": (3584, 4608), "o": (3584, 3584), "gate/up": (3584, 37888), "down": (18944, 3584)}
 M_VALUES = (1, 4, 16, 64, 256, 1024)
@@ -311,22 +311,24 @@ def run_gpu(args) -> None:
 
 
 def write_results(info, rows, summary, args) -> None:
-    args.out.mkdir(parents=True, exist_ok=True)
     device = re.sub(r"[^A-Za-z0-9.-]+", "_", info["device"])
     stem = f"linear_latency_{device}_{info['date'][:19].replace(':', '')}"
-    (args.out / f"{stem}.json").write_text(json.dumps({"info": info, "rows": [asdict(r) for r in rows],
-                                                       "crossover": summary}, indent=1))
-    (args.out / f"{stem}.md").write_text(
+    write_text(args.out / f"{stem}.json", json.dumps({"info": info, "rows": [asdict(r) for r in rows],
+                                                      "crossover": summary}, indent=1))
+    write_text(
+        args.out / f"{stem}.md",
         f"# Linear-layer latency on {info['device']}\n\n```\n{json.dumps(info, indent=1)}\n\n"
         f"{ceilings_table(args.bits)}\n\n{format_rows(rows)}\n\n" + "\n".join(summary) + "\n```\n")
     print(f"wrote {args.out / stem}.json and .md")
 
 
 def parse_args(argv=None):
+    from vlmq_gptqmodel.kernels.layout import SUPPORTED_BITS
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shapes", nargs="+", choices=list(TABLE_11), default=list(TABLE_11))
     parser.add_argument("--m", type=int, nargs="+", default=list(M_VALUES))
-    parser.add_argument("--bits", type=int, nargs="+", choices=[2, 3], default=[2, 3])
+    parser.add_argument("--bits", type=int, nargs="+", choices=SUPPORTED_BITS, default=[2, 3])  # the paper's W2/W3
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=RESULTS)

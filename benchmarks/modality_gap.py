@@ -13,15 +13,15 @@ clouds; the PNG shows them in the first two principal components at three depths
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from vlmq_gptqmodel.evaluation import load_for_eval, processor_image_size, synthvlm_dir, world_of
-from vlmq_gptqmodel.world import calibration_conversations
+from vlmq_gptqmodel.synth.evaluation import load_for_eval, processor_image_size, synthvlm_dir, world_of
+from vlmq_gptqmodel.synth.world import calibration_conversations
+from results_io import RESULTS as RESULTS_ROOT, reproduce_line, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results" / "modality_gap"
+RESULTS = RESULTS_ROOT / "modality_gap"
 
 
 def modality_statistics(hidden: torch.Tensor, vision: torch.Tensor) -> dict:
@@ -103,11 +103,9 @@ def main(argv=None) -> None:
     for i, s in enumerate(stats):
         where = "0 (embeddings)" if i == 0 else (str(i) if i < len(stats) - 1 else f"{i} (last layer output, after the final norm)")
         lines.append(f"| {where} | {s['vision_norm']:.2f} | {s['text_norm']:.2f} | {s['separation']:.2f} |")
-    command = "python benchmarks/modality_gap.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    lines.append(f"\nreproduce: `{command.strip()}`\n")
+    lines.append("\n" + reproduce_line("modality_gap.py", argv) + "\n")
     results = Path(args.results)
-    results.mkdir(parents=True, exist_ok=True)
-    (results / f"{name}.md").write_text("\n".join(lines))
+    write_text(results / f"{name}.md", "\n".join(lines))
     pca_chart(states, vision, results / f"{name}.png", f"{name}: hidden states, first two principal components")
     print("\n".join(lines))
 

@@ -12,7 +12,7 @@ Every quantized model is saved as a GPTQ checkpoint and scored on --split: the h
 (never used for training, calibration or any choice), or `select`, a split of its own on which settings may
 be chosen. Exact match and the KL of the answer-token distributions against FP are kept per question, so
 every VLMQ row gets its paired difference to its own precursor with a 95 % bootstrap interval over
-calibration seeds and questions (vlmq_gptqmodel.stats). By default a checkpoint's weights are dequantized
+calibration seeds and questions (vlmq_gptqmodel.synth.stats). By default a checkpoint's weights are dequantized
 into the FP model and scored in fp32 (`--serve dequantized`); `--serve gptqmodel` scores through GPTQModel's
 TorchLinear in bf16. Calibration samples for a seed are the same for every method.
 
@@ -34,18 +34,19 @@ import numpy as np
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
-from vlmq_gptqmodel.compare import layer_output_errors_by
+from vlmq_gptqmodel.synth.compare import layer_output_errors_by
 from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
-from vlmq_gptqmodel.dequantized import load_dequantized
-from vlmq_gptqmodel.evaluation import (
+from vlmq_gptqmodel.synth.dequantized import load_dequantized
+from vlmq_gptqmodel.synth.evaluation import (
     encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, synthvlm_dir, world_of,
 )
-from vlmq_gptqmodel.rtn import apply_rtn
+from vlmq_gptqmodel.synth.rtn_baseline import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
-from vlmq_gptqmodel.stats import lower_share, paired_difference, top_share
-from vlmq_gptqmodel.world import calibration_conversations
+from vlmq_gptqmodel.synth.stats import lower_share, paired_difference, top_share
+from vlmq_gptqmodel.synth.world import calibration_conversations
+from results_io import RESULTS as RESULTS_ROOT, reproduce_line, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results" / "quality"
+RESULTS = RESULTS_ROOT / "quality"
 SERVE_DTYPE = {"dequantized": torch.float32, "gptqmodel": torch.bfloat16}
 SERVED = {"dequantized": "each saved checkpoint's weights dequantized and scored in fp32, as is FP",
           "gptqmodel": "each saved checkpoint loaded by GPTQModel (TorchLinear) and scored in bf16, as is FP"}
@@ -153,10 +154,7 @@ class Bench:
         self.runs[name] = {"accuracy": result.accuracy, "per_kind": result.per_kind, "kl": result.mean_kl,
                            "correct": "".join("1" if c else "0" for c in result.correct),
                            "question_kl": [float(f"{x:.4g}") for x in result.question_kl or []], **extra}
-        self.store.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.store.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"identity": self.identity, "runs": self.runs}))
-        tmp.replace(self.store)
+        write_text(self.store, json.dumps({"identity": self.identity, "runs": self.runs}))
 
     def token_sets(self, batch) -> dict:
         """Real (unpadded) tokens of a scoring batch: all, vision, text."""
@@ -510,7 +508,6 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                  seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study) -> None:
     runs, calib = bench.runs, args.calib
     results = Path(args.results)
-    command = "python benchmarks/quality.py " + " ".join(sys.argv[1:])
     model = bench.identity["model"]
     text = [f"# Quantization quality on {model}\n",
             f"{len(bench.fp.correct)} questions ({args.eval} images of the {args.split} split, world "
@@ -553,9 +550,8 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                              + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
                                 ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
         text += layer_error_section(runs, "study", calib, study_settings, study_seeds, list(study))
-    text += [f"\nreproduce: `{command}`\n"]
-    results.mkdir(parents=True, exist_ok=True)
-    (results / "quality.md").write_text("\n".join(text))
+    text += ["\n" + reproduce_line("quality.py") + "\n"]
+    write_text(results / "quality.md", "\n".join(text))
     print("\n".join(text))
 
 

@@ -21,8 +21,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from results_io import RESULTS, reproduce_line, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
 PRESETS = {  # language-model dims; the vision tower is tiny (it is not quantized)
     "2b": dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2),
     "small": dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=2),
@@ -48,7 +48,7 @@ def worker(args) -> None:
     import vlmq_gptqmodel  # noqa: F401
     from vlmq_gptqmodel.config import VLMQConfig
     from vlmq_gptqmodel.runner import QuantSpec
-    from vlmq_gptqmodel.world import calibration_conversations
+    from vlmq_gptqmodel.synth.world import calibration_conversations
     from gptqmodel import GPTQModel
 
     method, precursor = METHODS[args.worker]
@@ -75,7 +75,7 @@ def worker(args) -> None:
 
 
 def build_model(args, root: Path) -> Path:
-    from vlmq_gptqmodel.tiny_vlm import save_tiny_vlm
+    from vlmq_gptqmodel.synth.tiny_vlm import save_tiny_vlm
 
     return save_tiny_vlm(root / "model", "qwen2_vl", seed=0, image_size=args.image_size,
                          num_hidden_layers=args.layers, **PRESETS[args.preset])
@@ -161,10 +161,8 @@ def main() -> None:
     text = markdown(table, args)
     print(text)
     if not args.no_save:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "quant_cost.json").write_text(json.dumps({"settings": vars(args), "results": table}, indent=2))
-        (RESULTS / "quant_cost.md").write_text(text + "\n\nreproduce: python benchmarks/quant_cost.py "
-                                               + " ".join(sys.argv[1:]) + "\n")
+        write_text(RESULTS / "quant_cost.json", json.dumps({"settings": vars(args), "results": table}, indent=2))
+        write_text(RESULTS / "quant_cost.md", text + "\n\n" + reproduce_line("quant_cost.py") + "\n")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,6 @@ The FastV-style attention score (importance="attention") gets the same columns, 
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -31,18 +30,18 @@ from pathlib import Path
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
-from vlmq_gptqmodel.compare import decoder_layers
+from vlmq_gptqmodel.synth.compare import decoder_layers
 from vlmq_gptqmodel.config import PRECURSORS, VLMQConfig
-from vlmq_gptqmodel.dequantized import load_dequantized
-from vlmq_gptqmodel.evaluation import load_for_eval, processor_image_size, synthvlm_dir
+from vlmq_gptqmodel.synth.dequantized import load_dequantized
+from vlmq_gptqmodel.synth.evaluation import load_for_eval, processor_image_size, synthvlm_dir
 from vlmq_gptqmodel.importance import effective_tokens
 from vlmq_gptqmodel.layer_importance import LayerStreams, layer_importance
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
-from vlmq_gptqmodel.world import make_samples
-from vlmq_gptqmodel.world.render import tile_labels
-from vlmq_gptqmodel.world.samples import caption_conversation
+from vlmq_gptqmodel.synth.world import make_samples
+from vlmq_gptqmodel.synth.world.render import tile_labels
+from vlmq_gptqmodel.synth.world.samples import caption_conversation
+from results_io import RESULTS, reproduce_line, write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @torch.no_grad()
@@ -164,10 +163,9 @@ def main() -> None:
     for index, source, stats in rows:
         lines.append(f"| {index} | {source} | " + " | ".join(f"{stats[c]:.0f}" if c == "eff. tokens" else f"{stats[c]:.3f}"
                                                              for c in columns) + " |")
-    lines.append(f"\nreproduce: `{' '.join(['python benchmarks/token_importance.py', *sys.argv[1:]])}`\n")
+    lines.append("\n" + reproduce_line("token_importance.py") + "\n")
     text = "\n".join(lines)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(text)
+    write_text(args.out, text)
     print(text)
 
 

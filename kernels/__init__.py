@@ -3,30 +3,15 @@
 Layout conversion (layout.py), plain-torch ground truth (reference.py), shared Triton device code
 (triton_tiles.py), one file per kernel algorithm (gemv_splitk.py, gemm_tiled.py, dequant.py), the
 choice by M (dispatch.py), the nn.Module (linear.py), random layers for tests and benchmarks
-(synthetic.py) and an offline compile/SASS report (compile_check.py). Serving through GPTQModel lives
-in vlmq_gptqmodel/glue/serving.py; `load_quantized` and `serve` below forward to it. See README.md.
+(synthetic.py) and an offline compile/SASS report (compile_check.py). Nothing here imports GPTQModel or
+the rest of the package: serving checkpoints through GPTQModel is vlmq_gptqmodel.serving. See README.md.
 """
 from .dispatch import choose_algorithm, fused_gemm_max_m, quantized_matmul, set_fused_gemm_max_m
 from .layout import GPTQCodes, KernelWeights, repack_for_kernels, unpack_gptq
 from .linear import VLMQQuantLinear, kernels_unavailable_reason
 
-
-def load_quantized(*args, **kwargs):
-    """Load a GPTQ/VLMQ checkpoint with GPTQModel and serve it with these kernels;
-    see vlmq_gptqmodel.glue.serving.load_quantized."""
-    from ..glue.serving import load_quantized as load
-    return load(*args, **kwargs)
-
-
-def serve(*args, **kwargs):
-    """Swap an already loaded GPTQModel model's TorchLinear layers for VLMQQuantLinear;
-    see vlmq_gptqmodel.glue.serving.serve."""
-    from ..glue.serving import serve as swap
-    return swap(*args, **kwargs)
-
-
 __all__ = [
     "GPTQCodes", "KernelWeights", "VLMQQuantLinear", "choose_algorithm", "fused_gemm_max_m",
-    "kernels_unavailable_reason", "load_quantized", "quantized_matmul", "repack_for_kernels", "serve",
-    "set_fused_gemm_max_m", "unpack_gptq",
+    "kernels_unavailable_reason", "quantized_matmul", "repack_for_kernels", "set_fused_gemm_max_m",
+    "unpack_gptq",
 ]

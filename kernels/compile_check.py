@@ -61,7 +61,7 @@ def variants(bits: int, group_size: int = 128, act_order: bool = False) -> list:
     common = dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, HAS_BIAS=False, UPCAST_DOT=False)
     found = []
     for m in (1, 16):
-        config = dispatch.decode_config(m, out_features=4608, n_blocks=8, sm_count=1)
+        config = dispatch.decode_config(out_features=4608, n_blocks=8, sm_count=1)
         found.append(Variant(
             f"gemv_splitk M={'1' if m == 1 else '2-16'}", _gemv_splitk_kernel,
             dict(common, ATOMIC_OUT=False, BLOCK_M=block_m_for(m), BLOCK_N=config.block_n),
@@ -162,7 +162,7 @@ def format_report(report: StaticReport) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90], help="compute capabilities, e.g. 80 90")
-    parser.add_argument("--bits", type=int, nargs="+", default=[2, 3, 4])
+    parser.add_argument("--bits", type=int, nargs="+", choices=layout.SUPPORTED_BITS, default=list(layout.SUPPORTED_BITS))
     args = parser.parse_args(argv)
     print("Static facts from compiling for the target (no kernel runs; not timings). 'loop instr/weight' counts")
     print("the SASS instructions of one main-loop iteration over the weights one thread handles in it;")

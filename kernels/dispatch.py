@@ -85,7 +85,7 @@ def streaming_multiprocessors(device: torch.device) -> int:
     return 1
 
 
-def decode_config(m: int, out_features: int, n_blocks: int, sm_count: int) -> DecodeConfig:
+def decode_config(out_features: int, n_blocks: int, sm_count: int) -> DecodeConfig:
     # 128 columns at 4 warps: 16 weights per thread per activation value loaded (M = 1), and the fewest
     # SASS instructions per weight among the configurations compiled for sm_80/sm_90 (compile_check.py).
     block_n = 128
@@ -119,7 +119,7 @@ def quantized_matmul(x: torch.Tensor, weights: KernelWeights, bias: Optional[tor
     m = x.shape[0]
     algorithm = algorithm or choose_algorithm(m)
     if algorithm == "gemv_splitk":
-        config = decode_config(m, weights.out_features, weights.n_blocks, streaming_multiprocessors(x.device))
+        config = decode_config(weights.out_features, weights.n_blocks, streaming_multiprocessors(x.device))
         return gemv_splitk(x, weights, bias, block_n=config.block_n, split_k=config.split_k,
                            num_warps=config.num_warps)
     if algorithm == "gemm_tiled":

@@ -1,9 +1,6 @@
 """Shared fixtures: tiny random Qwen-VL models built from configs (no hub), calibration from the
 project's synthetic world, and a cached quantize-and-save helper."""
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 # TorchLinear compiles its dequantizer with inductor on first use (tens of seconds per shape on
 # 2 cores); the tests check numerics, not speed, so run it eagerly.
@@ -19,8 +16,8 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import vlmq_gptqmodel  # noqa: E402,F401  (registers method="vlmq")
-from vlmq_gptqmodel.tiny_vlm import save_tiny_vlm  # noqa: E402
-from vlmq_gptqmodel.world import calibration_conversations  # noqa: E402
+from vlmq_gptqmodel.synth.tiny_vlm import save_tiny_vlm  # noqa: E402
+from vlmq_gptqmodel.synth.world import calibration_conversations  # noqa: E402
 
 TEST_IMAGE_SIZE = 112  # 16 image tokens (qwen2/2.5-VL), a clear share of each ~40-token sample
 
@@ -90,17 +87,14 @@ def _deterministic():
     torch.manual_seed(0)
 
 
-BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+# Tests that quantize through GPTQModel (these fixtures do, and glue/ does throughout) or run a script end to
+# end are marked slow (a few more carry @pytest.mark.slow themselves), so that
+# `pytest -m "not slow"` is the fast inner loop; `make test` runs everything.
+SLOW_FIXTURES = {"quantize", "packed", "gptq_checkpoint"}
+SLOW_FOLDERS = {"glue", "scripts"}  # GPTQModel end to end; the scripts as users run them
 
 
-@pytest.fixture(scope="session")
-def load_benchmark():
-    """load_benchmark(name) -> benchmarks/<name>.py as a module (the scripts are not a package)."""
-    def load(name: str):
-        spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file executes
-        spec.loader.exec_module(module)
-        return module
-
-    return load
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SLOW_FIXTURES & set(item.fixturenames) or item.path.parent.name in SLOW_FOLDERS:
+            item.add_marker(pytest.mark.slow)

@@ -1,4 +1,4 @@
-"""Train the synthetic-world VLM (shipped as vlmq_gptqmodel/assets/synthvlm) from scratch on CPU.
+"""Train the synthetic-world VLM (shipped as vlmq_gptqmodel/synth/assets/synthvlm) from scratch on CPU.
 
 A Qwen2-VL model (transformers' own class) learns the synthetic world through a curriculum: one big shape
 and "what colour / what shape" first, then two or three objects of both sizes (the object asked about
@@ -50,14 +50,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from vlmq_gptqmodel import tiny_vlm
-from vlmq_gptqmodel.evaluation import evaluate
-from vlmq_gptqmodel.world import (
+from vlmq_gptqmodel.families import QWEN_VL
+from vlmq_gptqmodel.synth import tiny_vlm
+from vlmq_gptqmodel.synth.evaluation import evaluate
+from vlmq_gptqmodel.synth.world import (
     CAPTION_PROMPT, FINAL_STAGE, WORLD_IMAGE_SIZE, WORLDS, Scene, assistant_turn, make_sample, user_turn,
 )
-from vlmq_gptqmodel.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
-from vlmq_gptqmodel.world.scene import SceneText
-from vlmq_gptqmodel.world.vocab import VOCAB
+from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
+from vlmq_gptqmodel.synth.world.scene import SceneText
+from vlmq_gptqmodel.synth.world.vocab import VOCAB
 
 SIZES = tiny_vlm.SYNTHVLM_SIZES
 VALIDATION_SEED = 1  # train split, seed 1: disjoint from the training stream (seed 0) and from eval
@@ -255,7 +256,7 @@ class LayerOutput:
 
     def __init__(self, model, layer: int):
         self.hidden = None
-        model.model.language_model.layers[layer].register_forward_hook(self._keep)
+        QWEN_VL.decoder_layers(model)[layer].register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output):
         self.hidden = output[0] if isinstance(output, tuple) else output
@@ -268,8 +269,9 @@ class HeadAttention:
     def __init__(self, model, layers):
         self.weights = {}
         model.model.language_model.set_attn_implementation("eager")
+        decoder = QWEN_VL.decoder_layers(model)
         for layer in layers:
-            model.model.language_model.layers[layer].self_attn.register_forward_hook(self._keeper(layer))
+            getattr(decoder[layer], QWEN_VL.attention).register_forward_hook(self._keeper(layer))
 
     def _keeper(self, layer: int):
         def keep(module, inputs, output):

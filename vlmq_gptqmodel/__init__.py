@@ -5,6 +5,11 @@
     model = GPTQModel.load(path, QuantizeConfig(bits=3, group_size=128, desc_act=True))
     model.quantize(calib, method="vlmq", vlmq=vlmq_gptqmodel.VLMQConfig())
     model.save(out_dir)                       # a standard GPTQ checkpoint
+
+Layout: the method (config, families, streams, importance, attention_block, layer_importance, rtn),
+the pipeline (calibration, runner, model_dir, output_dir, cli), everything that touches GPTQModel's
+private API (glue/), and the synthetic-world yardstick that measures it (synth/: world, tiny models,
+evaluation, RTN baseline, demo), which depends on the rest and never the other way.
 """
 import os
 
@@ -14,14 +19,11 @@ import os
 if ((os.cpu_count() or 1) + 1) // 2 < 2:
     os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
-from .glue import check_gptqmodel_version  # noqa: E402
-
-check_gptqmodel_version()
-
 from .config import VLMQConfig  # noqa: E402
-from .glue.quantize import SUPPORTED_MODEL_TYPES, install  # noqa: E402
+from .families import SUPPORTED_MODEL_TYPES  # noqa: E402
+from .glue.activate import install_when_gptqmodel_loads  # noqa: E402
 
-install()
+install_when_gptqmodel_loads()  # the package's only import-time side effect
 
 __all__ = ["VLMQConfig", "SUPPORTED_MODEL_TYPES"]
 __version__ = "0.1.0"

@@ -15,6 +15,8 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import torch
 from torch import nn
 
+from .families import QWEN_VL, Family
+
 Tensor = torch.Tensor
 Projections = Tuple[str, ...]
 
@@ -59,8 +61,9 @@ def copy_attention_block(
     device: torch.device,
     eager: bool = False,
     weight_transform: Optional[Callable[[str, Tensor], Tensor]] = None,
+    family: Family = QWEN_VL,
 ) -> AttentionBlock:
-    """Private fp32 copy of `layer.input_layernorm` + `layer.self_attn` on `device`.
+    """Private fp32 copy of a decoder layer's input norm + self-attention (named by `family`) on `device`.
 
     The attention is re-instantiated from its class and config (so its Linear children are plain
     nn.Linear, not GPTQModel's HookedLinear) and given cloned weights. `eager` selects the eager
@@ -68,7 +71,7 @@ def copy_attention_block(
     a projection weight (used by the layer-0 round-to-nearest probe).
     """
     with torch.inference_mode(False):
-        src = layer.self_attn
+        src = getattr(layer, family.attention)
         config = src.config
         if eager:
             config = copy.copy(config)
@@ -83,7 +86,7 @@ def copy_attention_block(
                 t = weight_transform(proj, t)
             state[name] = t
         attn.load_state_dict(state, assign=True, strict=True)
-        norm = copy.deepcopy(layer.input_layernorm).to(device=device, dtype=torch.float32)
+        norm = copy.deepcopy(getattr(layer, family.input_norm)).to(device=device, dtype=torch.float32)
         block = AttentionBlock(norm, attn).eval()
         block.requires_grad_(False)
     return block

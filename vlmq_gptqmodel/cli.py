@@ -6,6 +6,7 @@ stopped by SIGINT or SIGTERM. Every error is one line on stderr, and no output f
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
 import signal
@@ -24,9 +25,11 @@ from .config import (
     VLMQConfig,
 )
 from .errors import BadInput, RunFailed
-from .runner import BASELINES, DTYPES, PAPER_DAMP_PERCENT, QuantSpec
+from .runner import DTYPES, PAPER_DAMP_PERCENT, QUANT_BITS, QuantSpec
+from .streams import METHODS
 
 DEFAULT_DEMO_OUT = "out/vlmq-demo"
+EVAL_IMAGES = 100  # `vlmq eval` default: about 500 questions
 EXIT_RUN_FAILED, EXIT_BAD_INPUT = 1, 2
 # refused before any work: the user's input or settings are the cause
 BAD_INPUT_ERRORS = (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError)
@@ -35,8 +38,6 @@ DEMO_IGNORES = ("model", "calib", "image_root", "split", "num_samples", "max_len
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .evaluation import add_eval_command
-
     parser = argparse.ArgumentParser(prog="vlmq", description="VLMQ post-training quantization for VLMs (GPTQModel)")
     sub = parser.add_subparsers(dest="command", required=True)
     q = sub.add_parser("quantize", help="quantize a Qwen-VL model to a standard GPTQ checkpoint",
@@ -56,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     q.add_argument("--remove-stale", action="store_true",
                    help="delete staging folders of --out left by killed runs (otherwise they are only listed)")
-    q.add_argument("--method", choices=BASELINES + ("vlmq",), default="vlmq",
+    q.add_argument("--method", choices=METHODS, default="vlmq",
                    help="vlmq, or one of GPTQModel's own baselines for comparison")
-    q.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=3)
+    q.add_argument("--bits", type=int, choices=QUANT_BITS, default=3)
     q.add_argument("--group-size", type=int, default=128)
     q.add_argument("--no-desc-act", dest="desc_act", action="store_false", help="disable act-order")
     q.add_argument("--sym", action="store_true", help="symmetric quantization (default: asymmetric)")
@@ -85,6 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_eval_command(subparsers) -> None:
+    """`vlmq eval --model DIR [--n N] [--reference FP_DIR]`: the synthetic world's evaluation split."""
+    e = subparsers.add_parser(
+        "eval", help="exact-match VQA accuracy (and KL vs an FP reference) on the synthetic world's eval split",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    e.add_argument("--model", default=None,
+                   help="FP model directory or GPTQ checkpoint directory (default: the shipped synthvlm)")
+    e.add_argument("--n", type=int, default=EVAL_IMAGES, help="evaluation images (about 5 questions each)")
+    e.add_argument("--reference", default=None, help="FP model directory for the answer-token KL")
+    e.add_argument("--seed", type=int, default=0, help="evaluation split seed")
+    e.add_argument("--batch-size", type=int, default=None, help="questions per forward pass (default: the evaluator's)")
+    e.add_argument("--json", default=None, help="also write the summary as JSON to this file")
+    e.set_defaults(func=run_eval)
+
+
 def vlmq_config(args) -> VLMQConfig:
     return VLMQConfig(importance=args.importance, granularity=args.granularity, norm=args.norm,
                       targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
@@ -102,7 +118,7 @@ def quant_spec(args) -> QuantSpec:
 def run_quantize(args) -> int:
     cfg, spec = vlmq_config(args), quant_spec(args)  # validate settings before any heavy work
     if args.demo:
-        from .demo import run_demo
+        from .synth.demo import run_demo
 
         check_demo_flags(args)
         out = Path(args.out or DEFAULT_DEMO_OUT)
@@ -128,10 +144,23 @@ def run_quantize(args) -> int:
     return 0
 
 
+def run_eval(args) -> int:
+    from .synth.evaluation import evaluate_dir, synthvlm_dir
+
+    if args.n < 1:
+        raise BadInput(f"--n {args.n}: evaluate at least one image")
+    batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
+    result = evaluate_dir(args.model or synthvlm_dir(), n=args.n, seed=args.seed, reference_dir=args.reference, **batch)
+    print(result.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.summary(), indent=2) + "\n")
+    return 0
+
+
 def print_importance_summary(report) -> None:
     """The per-layer G lines again, together at the end: during the run they are among GPTQModel's many."""
     if report:
-        from .glue.processors import format_report
+        from .layer_importance import format_report
 
         print("token importance G per decoder layer (cv: how far from uniform; vis/txt: vision over text mean):")
         print("\n".join(format_report(layer) for layer in report))

@@ -78,10 +78,6 @@ class VLMQConfig:
         if not isinstance(self.seed, int) or isinstance(self.seed, bool):
             raise BadInput(f"VLMQConfig.seed={self.seed!r}: must be an int.")
 
-    @property
-    def uses_gradients(self) -> bool:
-        return self.importance in ("gradient", "modality")
-
     def to_meta(self) -> dict:
         meta = asdict(self)
         meta["targets"] = list(self.targets)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .attention_block import block_gradients, causal_mask, copy_attention_block, projection_errors
 from .config import VLMQConfig
+from .families import QWEN_VL, Family
 from .importance import (
     DegenerateImportance,
     attention_received,
@@ -45,12 +46,13 @@ def layer_importance(
     streams: LayerStreams,
     device: torch.device,
     rtn_weight_transform: Optional[Callable[[str, Tensor], Tensor]] = None,
+    family: Family = QWEN_VL,
 ) -> Tuple[Dict[str, List[Tensor]], dict]:
     """Returns ({projection: [G_b as [B, S] float32 on CPU]}, report) for `cfg.targets`."""
     names = cfg.targets
     report = {"layer": layer_index, "source": cfg.importance, "policy": None}
     with torch.inference_mode(False):  # GPTQModel calls in from inside inference mode
-        raw = _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_transform)
+        raw = _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_transform, family)
     try:
         if cfg.importance == "modality":
             raw = {n: modality_factors(raw[n], streams.vision, streams.keep) for n in names}
@@ -69,7 +71,8 @@ def _uniform(streams: LayerStreams) -> List[Tensor]:
     ]
 
 
-def _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_transform) -> Dict[str, List[Tensor]]:
+def _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_transform,
+                 family: Family) -> Dict[str, List[Tensor]]:
     names = cfg.targets
     if cfg.importance == "constant":
         return {n: _uniform(streams) for n in names}
@@ -78,7 +81,7 @@ def _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_tr
         per_batch = [random_lowimportance_factors(v.cpu(), cfg.random_ratio, cfg.random_factor, gen) for v in streams.vision]
         return {n: per_batch for n in names}
     if cfg.importance == "attention":
-        block = copy_attention_block(layer, device, eager=True)
+        block = copy_attention_block(layer, device, eager=True, family=family)
         per_batch = [attention_received(block.attention_probs(*_batch(streams, b, device, quant=True))).cpu()
                      for b in range(len(streams.quant))]
         return {n: per_batch for n in names}
@@ -88,13 +91,13 @@ def _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_tr
     if no_signal and cfg.layer0 == "uniform":
         report["policy"] = "uniform (X_hat == X)"
         return {n: _uniform(streams) for n in names}
-    block = copy_attention_block(layer, device)
+    block = copy_attention_block(layer, device, family=family)
     probe = None
     if no_signal:  # layer0 == "rtn_probe"
         if rtn_weight_transform is None:
             raise ValueError("layer0='rtn_probe' needs a round-to-nearest weight transform")
         report["policy"] = "rtn_probe (X_hat == X)"
-        probe = copy_attention_block(layer, device, weight_transform=rtn_weight_transform)
+        probe = copy_attention_block(layer, device, weight_transform=rtn_weight_transform, family=family)
     loss_gradient = block_gradients if cfg.granularity == "block" else projection_errors
     out: Dict[str, List[Tensor]] = {n: [] for n in names}
     for b in range(len(streams.quant)):
@@ -118,3 +121,20 @@ def _batch(streams: LayerStreams, b: int, device, quant: bool):
 
 def _fp32_copy(t: Tensor, device) -> Tensor:
     return t.detach().to(device=device, dtype=torch.float32).clone()
+
+
+def describe_projections(report: dict) -> List[str]:
+    """'q: cv 0.42 vis/txt 0.31' per projection of a layer report: how far G is from uniform (coefficient
+    of variation) and how it splits between modalities (vision over text mean)."""
+    parts = []
+    for name, s in report["projections"].items():
+        ratio = (s["vision_mean"] / s["text_mean"]) if s["vision_mean"] is not None and s["text_mean"] else None
+        parts.append(f"{name[0]}: cv {s['cv']:.2f}" + (f" vis/txt {ratio:.2f}" if ratio is not None else ""))
+    return parts
+
+
+def format_report(report: dict) -> str:
+    """One progress line per layer: which policy ran and how G splits between modalities."""
+    policy = report["policy"] or report["source"]
+    seconds = f" {report['seconds']:.2f}s" if "seconds" in report else ""
+    return f"VLMQ layer {report['layer']:>3} [{policy}]{seconds}  " + "  ".join(describe_projections(report))

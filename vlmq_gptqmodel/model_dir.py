@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from .errors import BadInput
+from .families import SUPPORTED_MODEL_TYPES
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin")
 
@@ -21,12 +22,10 @@ def read_config(model_dir, flag: str = "--model") -> dict:
 
 def check_model_dir(model_dir, flag: str = "--model") -> dict:
     """config.json of a Qwen-VL model directory whose weight files are all present and readable."""
-    from .glue.quantize import SUPPORTED_MODEL_TYPES
-
     config = read_config(model_dir, flag)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
-        raise BadInput(f"{flag} {model_dir} is a {model_type!r} model; vlmq takes Qwen-VL models "
+        raise BadInput(f"{flag} {model_dir} is a {model_type!r} model; vlmq takes the model types "
                        f"{SUPPORTED_MODEL_TYPES} (quantize other models with GPTQModel directly).")
     weights = [p for pattern in WEIGHT_PATTERNS for p in sorted(Path(model_dir).glob(pattern))]
     if not weights:

@@ -1,16 +1,13 @@
-"""Round-to-nearest (RTN) baseline: fake-quantize the language model's decoder linears on GPTQ's grid.
+"""Round-to-nearest (RTN) on GPTQ's grid: the layer-0 probe of VLMQ and the RTN baseline both use it.
 
 The grid is GPTQModel's `Quantizer` with mse search off: per group of `group_size` input columns, the range
 [min(w, 0), max(w, 0)] is split into 2^bits - 1 steps, the zero point is rounded to an integer code, and each
 weight is rounded to the nearest code. RTN is GPTQ without the error feedback, so the gap between the two
-shows what the calibration-driven methods buy.
+shows what the calibration-driven methods buy (synth/rtn_baseline.py applies it to a whole model).
 """
 from __future__ import annotations
 
-import copy
-
 import torch
-from torch import nn
 
 
 def rtn_quantize_weight(weight: torch.Tensor, bits: int, group_size: int, *, sym: bool = False) -> torch.Tensor:
@@ -37,27 +34,3 @@ def rtn_quantize_weight(weight: torch.Tensor, bits: int, group_size: int, *, sym
     zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
     codes = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
     return (scale * (codes - zero)).reshape(out_features, in_features).to(weight.dtype)
-
-
-def decoder_linears(model) -> dict[str, nn.Linear]:
-    """The linears GPTQModel quantizes in a Qwen-VL model: every nn.Linear inside the decoder layers."""
-    layers = model.model.language_model.layers
-    return {f"model.language_model.layers.{i}.{name}": module
-            for i, layer in enumerate(layers) for name, module in layer.named_modules()
-            if isinstance(module, nn.Linear)}
-
-
-def apply_rtn(model, bits: int, group_size: int, *, sym: bool = False, inplace: bool = False,
-              attention_only: bool = False):
-    """A copy of `model` (or `model` itself with inplace=True) with RTN fake-quantized decoder linears
-    (attention_only: the self-attention projections only, the MLP kept FP).
-
-    The vision tower, embeddings and lm_head stay FP, as in GPTQModel's Qwen-VL checkpoints.
-    """
-    target = model if inplace else copy.deepcopy(model)
-    with torch.no_grad():
-        for name, module in decoder_linears(target).items():
-            if attention_only and ".mlp." in name:
-                continue
-            module.weight.copy_(rtn_quantize_weight(module.weight, bits, group_size, sym=sym))
-    return target

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 from .config import VLMQConfig
+from .streams import StreamPlan
 
-BASELINES = ("gptq", "gptaq")
+QUANT_BITS = (2, 3, 4, 8)  # the widths GPTQModel packs (the Triton kernels serve 2-4: kernels/layout.py)
 DTYPES = ("float32", "bfloat16", "float16")
 PAPER_DAMP_PERCENT = 0.01  # the paper's dampening ratio (GPTQModel's own default is 0.05)
 # GPTQModel's negative `dynamic` rule: modules whose name matches are left in full precision.
@@ -60,11 +61,9 @@ def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: O
     """Load `model_dir` with GPTQModel and quantize it with `method` in BASELINES or "vlmq"."""
     from gptqmodel import GPTQModel
 
-    if method not in BASELINES + ("vlmq",):
-        raise ValueError(f"method={method!r}: choose one of {BASELINES + ('vlmq',)}")
     vlmq = (vlmq or VLMQConfig()) if method == "vlmq" else None
-    gptaq = method == "gptaq" or (vlmq is not None and vlmq.precursor == "gptaq")
-    model = GPTQModel.load(str(model_dir), spec.quantize_config(gptaq), dtype=spec.torch_dtype())
+    plan = StreamPlan.of(method, vlmq)
+    model = GPTQModel.load(str(model_dir), spec.quantize_config(plan.gptaq_quantizer), dtype=spec.torch_dtype())
     kwargs = {"method": "vlmq", "vlmq": vlmq} if vlmq is not None else {}
     model.quantize(calibration, batch_size=1, **kwargs)
     return model

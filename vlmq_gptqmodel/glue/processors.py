@@ -19,27 +19,23 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 from ..config import ATTENTION_PROJECTIONS, VLMQConfig
-from ..layer_importance import LayerStreams, layer_importance
+from ..families import Family
+from ..layer_importance import LayerStreams, format_report, layer_importance
+from ..streams import StreamPlan
 from .guard import GuardedGPTQProcessor, GuardedNativeProcessor, RunGuard, guarded
 from .tasks import make_token_weighted
 
-ATTN_PREFIX = "self_attn."
 log = logging.getLogger("vlmq_gptqmodel")
-
-
-def attention_projection(module_name: str) -> Optional[str]:
-    """'self_attn.q_proj' -> 'q_proj'; None for every other module."""
-    if module_name.startswith(ATTN_PREFIX) and module_name[len(ATTN_PREFIX):] in ATTENTION_PROJECTIONS:
-        return module_name[len(ATTN_PREFIX):]
-    return None
 
 
 class VLMQRun:
     """State shared by the processors of one `quantize(method="vlmq")` call."""
 
-    def __init__(self, cfg: VLMQConfig, vision_token_ids: List[int],
+    def __init__(self, cfg: VLMQConfig, plan: StreamPlan, family: Family, vision_token_ids: List[int],
                  rtn_weight_transform: Callable[[str, torch.Tensor], torch.Tensor]):
         self.cfg = cfg
+        self.plan = plan
+        self.family = family
         self.vision_token_ids = vision_token_ids
         self.rtn_weight_transform = rtn_weight_transform
         self.fp_inputs: Dict[int, List[torch.Tensor]] = {}
@@ -55,6 +51,10 @@ class VLMQRun:
             log.warning("VLMQ: no calibration sample holds an image (text-only calibration); VLMQ then weights "
                         "text tokens only and its vision-token weighting has nothing to act on. Calibrate with "
                         "image+text samples.")
+
+    def attention_projection(self, module_name: str) -> Optional[str]:
+        """'self_attn.q_proj' -> 'q_proj' for the attention projections; None for every other module."""
+        return self.family.attention_projection(module_name, ATTENTION_PROJECTIONS)
 
     def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
         return self.weights[layer_index][projection][batch_index]
@@ -88,21 +88,11 @@ class VLMQRun:
         self.weights = {}  # only the current layer's G is kept
         start = time.perf_counter()
         self.weights[layer_index], report = layer_importance(
-            self.cfg, layer, layer_index, streams, device, self.rtn_weight_transform
+            self.cfg, layer, layer_index, streams, device, self.rtn_weight_transform, self.family
         )
         report["seconds"] = time.perf_counter() - start
         self.reports.append(report)
         log.info(format_report(report))
-
-
-def format_report(report: dict) -> str:
-    """One progress line per layer: which policy ran and how G splits between modalities."""
-    parts = []
-    for name, s in report["projections"].items():
-        ratio = (s["vision_mean"] / s["text_mean"]) if s["vision_mean"] is not None and s["text_mean"] else None
-        parts.append(f"{name[0]}: cv {s['cv']:.2f}" + (f" vis/txt {ratio:.2f}" if ratio is not None else ""))
-    policy = report["policy"] or report["source"]
-    return f"VLMQ layer {report['layer']:>3} [{policy}] {report['seconds']:.2f}s  " + "  ".join(parts)
 
 
 class VLMQCaptureProcessor(GuardedNativeProcessor):
@@ -113,7 +103,7 @@ class VLMQCaptureProcessor(GuardedNativeProcessor):
         self.execution_config.capture_layer_forward_context = True
 
     def pre_process_fwd_hook(self, name: str):
-        if self.run.cfg.precursor == "gptaq":
+        if self.run.plan.keep_native_inputs:
             return super().pre_process_fwd_hook(name)
 
         def fp_stream_only(module, inp, out):
@@ -130,7 +120,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        if self.run.cfg.precursor == "gptq":
+        if not self.run.plan.gptaq_quantizer:
             # The FP stream was switched on through qcfg.gptaq; the quantizer itself stays GPTQ.
             self.qcfg = copy.copy(self.qcfg)
             self.qcfg.gptaq = None
@@ -138,7 +128,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def preprocess(self, module, fallback=None, **kwargs):
         super().preprocess(module, fallback=fallback, **kwargs)
-        projection = attention_projection(module.name)
+        projection = self.run.attention_projection(module.name)
         task = self.tasks.get(module.name)
         if task is not None and projection in self.run.cfg.targets:
             residual = None if self.run.cfg.residual == "weighted" else functools.partial(
@@ -148,7 +138,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def begin_shared_input_capture(self, model, subset_names, is_lm_head_module=False):
         leaders = super().begin_shared_input_capture(model, subset_names, is_lm_head_module)
-        attn = [n for n in subset_names if attention_projection(n) and n in self.tasks]
+        attn = [n for n in subset_names if self.run.attention_projection(n) and n in self.tasks]
         if attn and not is_lm_head_module:
             named = self.tasks[attn[0]]._named_module
             if named.layer_index not in self.run.weights:

@@ -1,15 +1,14 @@
 """`BaseQModel.quantize(calib, method="vlmq", vlmq=VLMQConfig())`.
 
 GPTQModel 7.7.0 has no registry for quantization methods (`METHOD` is a closed enum, `quantize()`
-takes no **kwargs and builds its processors in an if/elif). `install()` wraps `BaseQModel.quantize`
-once; a VLMQ call runs GPTQModel's own GPTQ/GPTAQ pipeline with its two processor classes swapped
+takes no **kwargs and builds its processors in an if/elif). glue/activate.py wraps `BaseQModel.quantize`
+once, forwarding to `quantize_with_method` here; a VLMQ call runs GPTQModel's own GPTQ/GPTAQ pipeline with its two processor classes swapped
 for VLMQ's for the duration of the call, so validation, calibration preparation, the layer loop,
 packing and saving all stay GPTQModel's, and the checkpoint is plain GPTQ.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import threading
 
@@ -19,34 +18,26 @@ from gptqmodel.models.base import BaseQModel
 from gptqmodel.quantization.config import GPTAQConfig
 
 from ..config import VLMQConfig
+from ..families import family_of
 from ..rtn import rtn_quantize_weight
 from .guard import RunGuard
 from .preflight import check_before_run
+from ..streams import StreamPlan
 from .processors import VLMQRun, bind_processors
 
-SUPPORTED_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
-METHODS = ("gptq", "vlmq")
+METHODS = ("gptq", "vlmq")  # what quantize(method=...) takes; GPTAQ is GPTQModel's QuantizeConfig(gptaq=...)
 _RUN_LOCK = threading.Lock()  # the processor swap is process-global: one quantize() at a time
 
 
-def install() -> None:
-    """Add `method=` / `vlmq=` to `BaseQModel.quantize`. Idempotent."""
-    if getattr(BaseQModel.quantize, "__vlmq_wrapped__", None) is not None:
-        return
-    original = BaseQModel.quantize
-
-    @functools.wraps(original)
-    def quantize(self, calibration=None, *args, method=None, vlmq=None, **kwargs):
-        if method is None or method == "gptq":
-            if vlmq is not None:
-                raise ValueError("quantize(vlmq=...) needs method='vlmq'.")
-            return guarded_quantize(self, original, calibration, args, kwargs)
-        if method != "vlmq":
-            raise ValueError(f"quantize(method={method!r}): supported methods are {METHODS}.")
-        return quantize_vlmq(self, original, calibration, args, kwargs, vlmq)
-
-    quantize.__vlmq_wrapped__ = original
-    BaseQModel.quantize = quantize
+def quantize_with_method(model: BaseQModel, original, calibration=None, *args, method=None, vlmq=None, **kwargs):
+    """What `BaseQModel.quantize` does once wrapped (glue/activate.py): GPTQModel's own run, or VLMQ's."""
+    if method is None or method == "gptq":
+        if vlmq is not None:
+            raise ValueError("quantize(vlmq=...) needs method='vlmq'.")
+        return guarded_quantize(model, original, calibration, args, kwargs)
+    if method != "vlmq":
+        raise ValueError(f"quantize(method={method!r}): supported methods are {METHODS}.")
+    return quantize_vlmq(model, original, calibration, args, kwargs, vlmq)
 
 
 def guarded_quantize(model: BaseQModel, original, calibration, args, kwargs, run: VLMQRun = None):
@@ -65,20 +56,11 @@ def guarded_quantize(model: BaseQModel, original, calibration, args, kwargs, run
     return result
 
 
-def check_model(model: BaseQModel) -> None:
-    model_type = getattr(model.model.config, "model_type", None)
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise ValueError(
-            f"VLMQ supports the model types {SUPPORTED_MODEL_TYPES}; this model is {model_type!r}. "
-            "Use method='gptq' for other models."
-        )
-
-
 def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg) -> dict:
     cfg = VLMQConfig() if cfg is None else cfg
     if not isinstance(cfg, VLMQConfig):
         raise TypeError(f"vlmq= must be a VLMQConfig, got {type(cfg).__name__}.")
-    check_model(model)
+    family = family_of(getattr(model.model.config, "model_type", None))
     bound = inspect.signature(original).bind(model, calibration, *args, **kwargs)
     bound.apply_defaults()
     if bound.arguments["batch_size"] != 1:
@@ -91,26 +73,26 @@ def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg) -
     qcfg = model.quantize_config
     if getattr(qcfg, "foem", None) is not None:
         raise ValueError("method='vlmq' builds on GPTQ or GPTAQ; remove foem=... from the QuantizeConfig.")
-    if cfg.precursor == "gptq" and qcfg.gptaq is not None:
+    plan = StreamPlan.of("vlmq", cfg)
+    if not plan.gptaq_quantizer and qcfg.gptaq is not None:
         raise ValueError(
             "VLMQConfig(precursor='gptq') but the QuantizeConfig has gptaq=...: drop one of them "
             "(precursor='gptaq' uses the QuantizeConfig's GPTAQ alpha)."
         )
 
-    config = model.model.config
-    vision_ids = [i for i in (config.image_token_id, config.video_token_id) if i is not None]
     def rtn(_projection, weight):  # layer0="rtn_probe": the target format, rounded to nearest
         return rtn_quantize_weight(weight, qcfg.bits, qcfg.group_size, sym=qcfg.sym)
 
-    run = VLMQRun(cfg, vision_ids, rtn)
+    run = VLMQRun(cfg, plan, family, family.vision_token_ids(model.model.config), rtn)
     user_gptaq = qcfg.gptaq
     try:
-        # qcfg.gptaq makes GPTQModel insert the full-precision stream (its NativeProcessor); VLMQ needs
-        # that stream for X even with the GPTQ precursor, whose quantizer then ignores it.
-        qcfg.gptaq = user_gptaq or GPTAQConfig()
+        # qcfg.gptaq is what makes GPTQModel insert the full-precision stream (its NativeProcessor); the
+        # processors read `plan` for whether the quantizer is GPTAQ and whether native inputs are kept.
+        if plan.fp_stream:
+            qcfg.gptaq = user_gptaq or GPTAQConfig()
         result = guarded_quantize(model, original, bound.args[1], bound.args[2:], bound.kwargs, run)
     finally:
-        if cfg.precursor == "gptq":
+        if not plan.gptaq_quantizer:
             qcfg.gptaq = user_gptaq
     qcfg.meta_set("vlmq", {**cfg.to_meta(), "gptaq_alpha": qcfg.gptaq.alpha if qcfg.gptaq else None})
     model.vlmq_report = run.reports

@@ -1,6 +1,6 @@
 """Serve GPTQ/VLMQ checkpoints through GPTQModel with the VLMQ Triton kernels.
 
-    from vlmq_gptqmodel.kernels import load_quantized
+    from vlmq_gptqmodel.serving import load_quantized
     model = load_quantized("out/qwen2vl-w3g128", device="cuda:0")   # a GPTQModel model, generate() as usual
 
 GPTQModel 7.7.0's BACKEND is a closed enum and its kernel registry is built once at import, so instead

@@ -1,0 +1,108 @@
+"""The `vlmq quantize` command: a checkpoint on success, clear errors and no half-written output otherwise."""
+import json
+
+import pytest
+
+from vlmq_gptqmodel import cli
+from vlmq_gptqmodel.synth.world import make_samples
+
+
+@pytest.fixture(scope="module")
+def calib_file(tmp_path_factory):
+    root = tmp_path_factory.mktemp("calib")
+    records = []
+    for i, sample in enumerate(make_samples("calib", 4, seed=0)):
+        sample.image.save(root / f"{i}.png")
+        records.append({"image": f"{i}.png", "conversations": [
+            {"from": "human", "value": "<image>\ndescribe the image ."}, {"from": "gpt", "value": sample.caption}]})
+    (root / "calib.json").write_text(json.dumps(records))
+    return root / "calib.json"
+
+
+def _args(model, calib_file, out, *extra):
+    return ["quantize", "--model", str(model), "--calib", str(calib_file), "--image-root", str(calib_file.parent),
+            "--bits", "3", "--group-size", "32", "--out", str(out), *extra]
+
+
+def _leftovers(parent):
+    return [p.name for p in parent.iterdir() if ".partial-" in p.name or ".old-" in p.name]
+
+
+@pytest.mark.slow
+def test_quantize_writes_a_gptq_checkpoint_with_vlmq_metadata(tiny_vlm, calib_file, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    assert cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, out, "--precursor", "gptq", "--norm", "l2")) == 0
+    qc = json.loads((out / "quantize_config.json").read_text())
+    assert qc["bits"] == 3 and qc["format"] == "gptq"
+    assert qc["meta"]["vlmq"]["precursor"] == "gptq" and qc["meta"]["vlmq"]["norm"] == "l2"
+    printed = capsys.readouterr().out
+    assert "kept 4 samples" in printed
+    # the per-layer G summary comes again at the end, after GPTQModel's own log lines
+    assert printed.index("VLMQ layer   1 [gradient]") > printed.index("token importance G per decoder layer")
+    assert _leftovers(tmp_path) == []
+    assert out.stat().st_mode & 0o777 == 0o777 & ~_umask()  # readable by others as the umask allows, not 0700
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_existing_output_is_refused_before_any_work(tiny_vlm, calib_file, tmp_path, capsys):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    assert cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+def test_a_failed_run_leaves_no_output_directory(tiny_vlm, calib_file, tmp_path, monkeypatch):
+    import vlmq_gptqmodel.runner as runner
+
+    def fail_midway(model_dir, calibration, out_dir, *a, **k):
+        (out_dir / "model.safetensors").write_text("partial")
+        raise RuntimeError("simulated crash during save")
+
+    monkeypatch.setattr(runner, "quantize_to_dir", fail_midway)
+    out = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="simulated"):
+        cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, out))
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+def test_missing_arguments_and_bad_settings_are_named(tiny_vlm, calib_file, tmp_path, capsys):
+    assert cli.main(["quantize", "--model", str(tiny_vlm("qwen2_vl")), "--out", str(tmp_path / "x")]) == 2
+    assert "--calib" in capsys.readouterr().err
+    assert cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, tmp_path / "y", "--targets", "q_proj,gate_proj")) == 2
+    assert "targets" in capsys.readouterr().err
+    assert cli.main(_args(tmp_path, calib_file, tmp_path / "z")) == 2
+    assert "config.json" in capsys.readouterr().err
+
+
+def test_dtype_reaches_gptqmodel_load_and_bad_dtypes_are_named(tiny_vlm, calib_file, tmp_path, monkeypatch):
+    import torch
+    from gptqmodel import GPTQModel
+
+    from vlmq_gptqmodel.runner import QuantSpec
+
+    assert QuantSpec().torch_dtype() == "auto"  # GPTQModel's own default, unchanged
+    assert QuantSpec(dtype="float32").torch_dtype() is torch.float32
+    with pytest.raises(ValueError, match="float32"):
+        QuantSpec(dtype="fp32").torch_dtype()
+
+    seen = {}
+
+    def capture(path, qcfg, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop after load")  # the run fails here and must leave no output behind
+
+    monkeypatch.setattr(GPTQModel, "load", capture)
+    out = tmp_path / "ckpt"
+    with pytest.raises(RuntimeError, match="stop after load"):
+        cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, out, "--dtype", "float32"))
+    assert seen["dtype"] is torch.float32
+    assert not out.exists() and _leftovers(tmp_path) == []

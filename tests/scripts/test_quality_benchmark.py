@@ -1,0 +1,74 @@
+"""benchmarks/quality.py end to end on a tiny model: every part runs, tables and charts are written, results
+are reused only for the same scoring set-up, and the dequantized scoring agrees with GPTQModel's own kernel."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+LABELS = ["GPTQ", "GPTAQ", "VLMQ(gptq)", "VLMQ(gptaq)"]
+
+
+def _run(model_dir, results, *extra, ok=True):
+    cmd = [sys.executable, str(SCRIPT), "--model", str(model_dir), "--settings", "w3g32", "--seeds", "0",
+           "--calib", "4", "--eval", "3", "--results", str(results), *extra]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    if not ok:
+        return done
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads((results / "quality.json").read_text())["runs"]
+
+
+def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_path):
+    model_dir = tiny_vlm("qwen2_vl")
+    runs = _run(model_dir, tmp_path / "deq", "--seeds", "0,1", "--attention-settings", "w3g32", "--attention-seeds", "1",
+                "--sweep-sizes", "2,4", "--sweep-settings", "w3g32", "--ablation-settings", "w3g32",
+                "--ablation-seeds", "1", "--study-settings", "w3g32", "--study-seeds", "0")
+    assert {"FP", "rtn|w3g32", "rtn-attn|w3g32", *(f"main|c4|w3g32|{m}|s{s}" for m in LABELS for s in (0, 1)),
+            *(f"attn|c4|w3g32|{m}|s1" for m in LABELS),
+            *(f"sweep|c{c}|w3g32|{m}|s0" for m in LABELS for c in (2, 4))} <= set(runs)
+    fp = runs["FP"]
+    assert len(fp["lengths"]) == len(fp["correct"]) == len(fp["kinds"]) > 0
+    for m in LABELS:
+        run = runs[f"main|c4|w3g32|{m}|s0"]
+        assert run["kl"] > 0  # 3-bit weights do change the answers' logits
+        # the per-question KLs are the pieces of the mean KL (sums over each question's answer tokens)
+        assert abs(sum(run["question_kl"]) / sum(fp["lengths"]) - run["kl"]) <= 1e-3 * run["kl"] + 1e-7
+        assert len(run["correct"]) == len(fp["correct"])
+    errors = runs["main|c4|w3g32|GPTQ|s0"]["layer_errors"]  # per decoder layer, on held-out tokens
+    assert set(errors) == {"all", "vision", "text"} and all(len(e) == 2 and min(e) > 0 for e in errors.values())
+    for a, v, t in zip(errors["all"], errors["vision"], errors["text"]):  # all = mediant of its two parts
+        assert min(v, t) * (1 - 1e-6) <= a <= max(v, t) * (1 + 1e-6)
+    vlmq = runs["main|c4|w3g32|VLMQ(gptaq)|s0"]["g"]
+    assert set(vlmq["effective_tokens"]) == {"q_proj", "k_proj", "v_proj", "o_proj"}
+    assert all(0 < e <= vlmq["tokens"] for e in vlmq["effective_tokens"].values())
+    # attention-only leaves the MLP alone, so it moves the answers less than quantizing everything
+    assert runs["rtn-attn|w3g32"]["kl"] < runs["rtn|w3g32"]["kl"]
+    assert not any(k.startswith("attn|") and k.endswith("|s0") for k in runs)  # only --attention-seeds
+    ablation_runs = [k for k in runs if k.startswith("abl|")]
+    assert len(ablation_runs) == 16 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
+    assert len([k for k in runs if k.startswith("study|")]) == 7
+    report = (tmp_path / "deq" / "quality.md").read_text()
+    assert "reproduce: `python benchmarks/quality.py --model" in report
+    assert "### Decoder-layer output error" in report
+    for heading in ("## Main", "## Attention only", "## Calibration-size sweep", "## Ablations", "## GPTAQ study"):
+        assert heading in report
+    assert "| W3 g32 | VLMQ(gptaq) − GPTAQ |" in report and "/2 |" in report  # paired over both seeds
+    assert (tmp_path / "deq" / "quality.png").stat().st_size > 0
+    assert (tmp_path / "deq" / "sweep.png").stat().st_size > 0
+
+    # other scoring (here: another number of images) is refused instead of mixed into the same table
+    refused = _run(model_dir, tmp_path / "deq", "--parts", "main", "--eval", "2", ok=False)
+    assert refused.returncode != 0 and "--fresh" in refused.stderr
+
+    # a part run in another process, with its own results folder, merges into this one
+    other = _run(model_dir, tmp_path / "other", "--parts", "main", "--seeds", "2")
+    merged = _run(model_dir, tmp_path / "deq", "--parts", "main", "--seeds", "0,1,2", "--merge", str(tmp_path / "other"))
+    assert merged["main|c4|w3g32|GPTQ|s2"] == other["main|c4|w3g32|GPTQ|s2"]
+    assert merged["main|c4|w3g32|GPTQ|s0"] == runs["main|c4|w3g32|GPTQ|s0"]
+    assert "/3 |" in (tmp_path / "deq" / "quality.md").read_text()  # paired over the three seeds
+
+    served = _run(model_dir, tmp_path / "served", "--parts", "main", "--serve", "gptqmodel")
+    for m in LABELS:  # the same checkpoints (deterministic quantization), bf16 kernel vs fp32 weights
+        a, b = runs[f"main|c4|w3g32|{m}|s0"]["kl"], served[f"main|c4|w3g32|{m}|s0"]["kl"]
+        assert abs(a - b) <= 0.5 * max(a, b) + 1e-4, (m, a, b)

@@ -1,0 +1,197 @@
+"""tools/train_synthvlm.py end to end on a tiny model: the curriculum runs through every stage, the export
+loads as an fp16 Qwen2-VL, a rerun resumes from the checkpoint instead of starting over, and the loss
+only sees the assistant's words."""
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train_synthvlm  # tools/ is on pytest's pythonpath (pyproject.toml)
+
+from vlmq_gptqmodel.synth import evaluation, tiny_vlm  # noqa: E402
+from vlmq_gptqmodel.synth.world import CAPTION_PROMPT, FINAL_STAGE, user_turn  # noqa: E402
+from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, tile_labels  # noqa: E402
+from vlmq_gptqmodel.synth.world.scene import SceneText  # noqa: E402
+
+TINY = ["--hidden", "64", "--layers", "2", "--heads", "2", "--kv-heads", "1", "--intermediate", "64",
+        "--vision-depth", "1", "--vision-hidden", "32", "--vision-heads", "2", "--image-size", "84",
+        "--batch-size", "2", "--warmup", "1", "--max-stage-steps", "1", "--eval-every", "1",
+        "--final-steps", "1", "--val-samples", "1"]
+
+
+def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    assert train_synthvlm.main(["--out", str(out), "--export", str(export), *TINY]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    stages = [entry["stage"] for entry in log if "stage" in entry]
+    assert stages == sorted(stages) and set(stages) == set(range(1, FINAL_STAGE + 1))
+    assert all(0 < entry[name] < 15 for entry in log if "stage" in entry
+               for name in ("tile_loss", "gather_loss", "read_loss"))
+    saved = json.loads((export / "config.json").read_text())
+    assert saved.get("dtype", saved.get("torch_dtype")) == "float16"
+    assert json.loads((export / "tokenizer.json").read_text())["padding"] is None  # validation padded
+    model, processor = evaluation.load_for_eval(export)
+    assert evaluation.processor_image_size(processor) == 84
+    steps = torch.load(out / "ckpt.pt", weights_only=False)["step"]
+
+    assert train_synthvlm.main(["--out", str(out), *TINY]) == 0  # already finished: nothing more to train
+    assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == steps
+
+
+def test_deep_preset_sets_its_recipe_and_explicit_flags_win():
+    deep = train_synthvlm.parse_args(["--preset", "deep"])
+    assert (deep.world, deep.image_size, deep.layers, deep.out) == ("deep", 392, 8, "runs/deep")
+    assert train_synthvlm.parse_args(["--preset", "deep", "--layers", "2"]).layers == 2
+    plain = train_synthvlm.parse_args([])
+    assert (plain.world, plain.image_size, plain.layers) == ("synthvlm", 224, 4)
+
+
+def test_a_deep_world_model_records_its_world_for_evaluation(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    assert train_synthvlm.main(["--out", str(out), "--export", str(export), "--preset", "deep", *TINY]) == 0
+    model, processor = evaluation.load_for_eval(export)
+    assert evaluation.world_of(model) == "deep"
+    # evaluation then asks the deep world's questions: 3-4 glyph texts
+    samples = evaluation.eval_samples(30, image_size=84, world=evaluation.world_of(model))
+    assert {len(s.scene.text.glyphs) for s in samples if s.scene.text} == {3, 4}
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert log[0]["args"]["world"] == "deep"
+
+
+def test_tile_probe_sees_one_vision_token_per_tile_of_every_row():
+    """The hooked vision tokens line up with tile_labels: one per tile, rows in batch order."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    tokens = train_synthvlm.VisionTokens(model)
+    conversations, images, _, _ = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, conversations, images)
+    batch.pop("labels_mask")
+    with torch.no_grad():
+        model(**batch)
+    n_tiles = args.image_size // 28
+    assert tokens.tokens.shape == (len(conversations) * n_tiles ** 2, args.hidden)
+    per_row = tokens.tokens.reshape(len(conversations), n_tiles ** 2, -1)
+    for i, j in itertools.combinations(range(len(conversations)), 2):  # rows of one image share its tokens
+        assert torch.allclose(per_row[i], per_row[j]) == (images[i] is images[j])
+
+
+def test_loss_mask_covers_exactly_the_assistant_answers():
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    tok = processor.tokenizer
+    conversation = [
+        {"role": "user", "content": [{"type": "text", "text": "what colour is the circle ?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "red"}]},
+        {"role": "user", "content": [{"type": "text", "text": "how many squares are there ?"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "two"}]},
+    ]
+    ids = tok(processor.apply_chat_template(conversation, tokenize=False), return_tensors="pt")["input_ids"]
+    mask = train_synthvlm.assistant_mask(ids, tok)
+    assert tok.convert_ids_to_tokens(ids[0][mask[0]].tolist()) == ["red", "<|im_end|>", "two", "<|im_end|>"]
+
+
+def test_training_rows_are_single_questions_in_the_evaluation_format():
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
+    stream = train_synthvlm.CurriculumStream(args)
+    conversations, images, scenes, subjects = stream.batch(FINAL_STAGE, np.random.default_rng(0))
+    assert len(conversations) == len(images) == len(scenes) == len(subjects) == 40
+    assert all((a is b) == (sa is sb) for (a, sa), (b, sb) in itertools.combinations(zip(images, scenes), 2))
+    kinds, questions = [], []
+    for conversation, image in zip(conversations, images):
+        user, assistant = conversation
+        question = next(item["text"] for item in user["content"] if item["type"] == "text")
+        assert user == user_turn(image, question)  # exactly what evaluation and calibration send
+        assert assistant["role"] == "assistant"
+        questions.append(question)
+        kinds.append("caption" if question == CAPTION_PROMPT else question.split()[0] + " " + question.split()[1])
+    # consecutive rows per image, at most ROWS_PER_IMAGE of them, never the same question twice
+    per_image = [[q for _, q in group] for _, group in itertools.groupby(zip(images, questions), key=lambda r: id(r[0]))]
+    assert len({id(image) for image in images}) == len(per_image)
+    assert all(1 <= len(rows) <= train_synthvlm.ROWS_PER_IMAGE for rows in per_image)
+    assert all(len(set(rows)) == len(rows) for rows in per_image)
+    assert sum(len(rows) == train_synthvlm.ROWS_PER_IMAGE for rows in per_image) > len(per_image) / 2
+    assert {"caption", "what colour", "what shape", "where is", "what does"} <= set(kinds)
+
+
+def test_binding_targets_point_each_answer_word_at_the_tokens_it_needs():
+    """Query: the position just before an answer word. gather keys: the question's words naming the object asked
+    about; read key: an image token whose tile holds it (or the glyph that word spells). Captions get none."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    ids, tok = batch["input_ids"], processor.tokenizer
+    image_pad = tok.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD)
+    gather, read = train_synthvlm.binding_targets(ids, batch["labels_mask"], rows.subjects, args.image_size, tok)
+    with_subject = [i for i, subject in enumerate(rows.subjects) if subject is not None]
+    assert sorted(set(read[:, 0].tolist())) == with_subject and len(with_subject) < len(rows.subjects)
+    assert read[:, 3].tolist() == list(range(len(read)))  # one key per query
+    attribute = {name: i for i, name in enumerate(TILE_ATTRIBUTES)}
+    kinds, tiles = set(), []
+    for row, query, key, _ in read.tolist():
+        assert batch["labels_mask"][row, query + 1] and ids[row, key] == image_pad
+        tile = int((ids[row, :key] == image_pad).sum())
+        tiles.append(tile)
+        labels = tile_labels(rows.scenes[row], args.image_size)[tile]
+        word = tok.convert_ids_to_tokens(int(ids[row, query + 1]))
+        subject = rows.subjects[row]
+        if isinstance(subject, SceneText):
+            kinds.add("text")
+            assert TILE_ATTRIBUTES["glyph"][labels[attribute["glyph"]] - 1] == word
+        else:
+            kinds.add("object")
+            assert TILE_ATTRIBUTES["colour"][labels[attribute["colour"]] - 1] == subject.colour
+            assert TILE_ATTRIBUTES["shape"][labels[attribute["shape"]] - 1] == subject.shape
+    assert kinds == {"text", "object"}
+    assert train_synthvlm.read_tiles(ids, read, image_pad).tolist() == tiles  # what the read probe is told
+    # gather: exactly the naming words of the question, for every answer word of every object question
+    named = {}
+    for row, query, key, group in gather.tolist():
+        named.setdefault((row, query, group), []).append(tok.convert_ids_to_tokens(int(ids[row, key])))
+    assert len({group for _, _, group in named}) == len(named)
+    expected = {}
+    for row, query, _, _ in read.tolist():
+        subject = rows.subjects[row]
+        question = rows.conversations[row][0]["content"][-1]["text"].split()
+        if not isinstance(subject, SceneText):
+            expected[(row, query)] = [w for w in question if w in (subject.colour, subject.shape)]
+    assert {(row, query): words for (row, query, _), words in named.items()} == expected
+    assert {len(words) for words in expected.values()} == {1, 2}  # colour/shape questions name one, position two
+
+
+def test_binding_loss_is_minus_log_of_the_attention_on_each_querys_keys():
+    targets = torch.tensor([[0, 3, 1, 0], [1, 4, 2, 1], [1, 4, 3, 1]])  # query (1, 4) has two keys
+    uniform = torch.full((2, 5, 5), 0.2)
+    expected = (torch.log(torch.tensor(5.0)) + torch.log(torch.tensor(2.5))) / 2
+    assert torch.isclose(train_synthvlm.binding_loss(uniform, targets), expected)
+    focused = torch.zeros(2, 5, 5)
+    focused[0, 3, 1] = focused[1, 4, 2] = 0.5
+    focused[0, 3, 0] = focused[1, 4, 3] = 0.5
+    assert torch.isclose(train_synthvlm.binding_loss(focused, targets), torch.log(torch.tensor(2.0)) / 2)
+
+
+def test_supervised_head_weights_are_the_layers_attention():
+    """The hook keeps head 0's softmax weights of the chosen layer: rows sum to one and nothing looks ahead."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "2"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    head = train_synthvlm.HeadAttention(model, (0, 1))
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    batch.pop("labels_mask")
+    with torch.no_grad():
+        model(**batch)
+    assert not torch.allclose(head.weights[0], head.weights[1])
+    weights = head.weights[1]
+    assert weights.shape == (2, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(weights.sum(-1)[real], torch.ones(int(real.sum())), atol=1e-5)
+    assert float(weights.triu(1)[real].abs().max()) == 0.0  # padding queries aside
+
+
+def test_a_bind_layer_outside_the_model_is_refused_before_training(tmp_path):
+    for layer in ("2", "0"):
+        with pytest.raises(SystemExit, match=f"--bind-layer {layer} does not fit a 2-layer"):
+            train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--bind-layer", layer])
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,56 @@
+"""What VLMQ needs to know about a model family, in one place.
+
+A family adapter names where the language model's decoder layers live in the transformers model, the
+pieces of a decoder layer that make up the paper's attention block (input norm + self-attention), and
+the config fields that hold the ids of vision tokens. Everything else in the package asks the adapter
+instead of spelling these out; a new family (e.g. LLaVA-OneVision) is one more entry in FAMILIES.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Tuple
+
+from .errors import BadInput
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str
+    model_types: Tuple[str, ...]
+    # attribute path from the transformers model (what GPTQModel's wrapper holds as `.model`) to the
+    # language model's nn.ModuleList of decoder layers; also the prefix of their checkpoint names
+    decoder_layers_path: str = "model.language_model.layers"
+    attention: str = "self_attn"          # a decoder layer's self-attention module
+    input_norm: str = "input_layernorm"   # the norm in front of it
+    vision_token_fields: Tuple[str, ...] = ("image_token_id", "video_token_id")
+
+    def decoder_layers(self, hf_model):
+        module = hf_model
+        for part in self.decoder_layers_path.split("."):
+            module = getattr(module, part)
+        return module
+
+    def vision_token_ids(self, config) -> List[int]:
+        """The ids of the placeholder tokens that carry vision features (image and video)."""
+        return [i for i in (getattr(config, f, None) for f in self.vision_token_fields) if i is not None]
+
+    def attention_projection(self, module_name: str, projections: Tuple[str, ...]):
+        """'self_attn.q_proj' (a name inside a decoder layer) -> 'q_proj' if it is one of `projections`."""
+        prefix = self.attention + "."
+        if module_name.startswith(prefix) and module_name[len(prefix):] in projections:
+            return module_name[len(prefix):]
+        return None
+
+
+QWEN_VL = Family("Qwen-VL", ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"))
+FAMILIES = (QWEN_VL,)
+SUPPORTED_MODEL_TYPES = tuple(t for family in FAMILIES for t in family.model_types)
+
+
+def family_of(model_type) -> Family:
+    """The adapter for a config's model_type; BadInput (a ValueError) naming the supported types otherwise."""
+    for family in FAMILIES:
+        if model_type in family.model_types:
+            return family
+    raise BadInput(f"VLMQ supports the model types {SUPPORTED_MODEL_TYPES}; this model is {model_type!r}. "
+                   "Fix: use method='gptq' (GPTQModel's own) for other models.")

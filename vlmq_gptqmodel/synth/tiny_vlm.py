@@ -1,0 +1,272 @@
+"""Small Qwen-VL models built locally: word-level tokenizer, processor, config and random weights.
+
+Nothing here downloads anything. A saved model directory loads with transformers'
+`AutoModelForImageTextToText` / `AutoProcessor` and with `GPTQModel.load`, so tests and the synthetic
+world's trained model (`assets/synthvlm`) use GPTQModel's own Qwen-VL definitions unchanged.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import GenerationConfig, PreTrainedTokenizerFast
+
+from ..families import QWEN_VL
+
+SUPPORTED_ARCHS = QWEN_VL.model_types  # the tiny builders make Qwen-VL models
+
+PAD_TOKEN = "<|endoftext|>"
+UNK_TOKEN = "<|unk|>"
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
+IMAGE_PAD, VIDEO_PAD = "<|image_pad|>", "<|video_pad|>"
+# Special tokens take ids 0..7 in this order; the chat roles and then the language's words follow.
+SPECIAL_TOKENS = (PAD_TOKEN, UNK_TOKEN, IM_START, IM_END, VISION_START, VISION_END, IMAGE_PAD, VIDEO_PAD)
+ROLE_WORDS = ("system", "user", "assistant")
+
+# Qwen-VL chat layout without the default system prompt (its words are not in the vocabulary).
+# Newlines are kept for readability; the whitespace pre-tokenizer drops them.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if item['type'] == 'image' or 'image' in item %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif item['type'] == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
+    "{% elif 'text' in item %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Shape of the project's synthetic-world VLM (tools/train_synthvlm.py): hidden 256 gives two groups of
+# 128 per row; 224 px images give 64 image tokens.
+SYNTHVLM_ARCH = "qwen2_vl"
+SYNTHVLM_SIZES = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                      intermediate_size=512, vision_depth=2, vision_hidden=128, vision_heads=4)
+
+# Vision patch size per architecture; every one merges 2x2 patches into one language-model token.
+PATCH_SIZE = {"qwen2_vl": 14, "qwen2_5_vl": 14, "qwen3_vl": 16}
+MERGE_SIZE = 2
+TEMPORAL_PATCH_SIZE = 2
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in SUPPORTED_ARCHS:
+        raise ValueError(f"arch={arch!r} is not supported; use one of {SUPPORTED_ARCHS}")
+
+
+def default_image_size(arch: str) -> int:
+    """Smallest square side giving 4 image tokens (2x2 merged patches) for `arch`."""
+    _check_arch(arch)
+    return 2 * PATCH_SIZE[arch] * MERGE_SIZE
+
+
+def image_tokens_per_image(arch: str, image_size: int) -> int:
+    """Image tokens an `image_size` x `image_size` image becomes; rejects sizes that do not tile."""
+    _check_arch(arch)
+    tile = PATCH_SIZE[arch] * MERGE_SIZE
+    if image_size <= 0 or image_size % tile:
+        raise ValueError(
+            f"image_size={image_size} must be a positive multiple of {tile} (patch {PATCH_SIZE[arch]} x merge "
+            f"{MERGE_SIZE}) for {arch}; e.g. {max(1, round(image_size / tile)) * tile}"
+        )
+    return (image_size // tile) ** 2
+
+
+def build_tokenizer(words) -> PreTrainedTokenizerFast:
+    """Word-level tokenizer over `words` plus Qwen-VL's special tokens, with a Qwen-VL chat template."""
+    words = list(dict.fromkeys(ROLE_WORDS + tuple(words)))
+    clashing = [w for w in words if w in SPECIAL_TOKENS or any(ch.isspace() for ch in w)]
+    if clashing:
+        raise ValueError(f"words must not contain whitespace or special tokens; got {clashing[:5]}")
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + tuple(words))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    # Split on whitespace and punctuation so "circle?" and "circle ?" tokenize the same way.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
+    )
+    backend.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        unk_token=UNK_TOKEN,
+        eos_token=IM_END,
+        additional_special_tokens=list(SPECIAL_TOKENS[2:]),
+        padding_side="left",
+        model_max_length=4096,
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def special_token_ids(tokenizer) -> dict[str, int]:
+    """The config fields that must agree with `tokenizer`'s ids."""
+    ids = {name: tokenizer.convert_tokens_to_ids(tok) for name, tok in (
+        ("image_token_id", IMAGE_PAD), ("video_token_id", VIDEO_PAD),
+        ("vision_start_token_id", VISION_START), ("vision_end_token_id", VISION_END),
+        ("eos_token_id", IM_END), ("pad_token_id", PAD_TOKEN), ("bos_token_id", IM_START),
+    )}
+    missing = [name for name, i in ids.items() if i is None or i == tokenizer.unk_token_id]
+    if missing:
+        raise ValueError(f"tokenizer lacks Qwen-VL special tokens for {missing}; build it with build_tokenizer")
+    return ids
+
+
+def build_processor(tokenizer, arch: str = "qwen2_vl", image_size: int | None = None):
+    """The arch's own processor; an `image_size`-square image gives (image_size/(patch*2))^2 image tokens.
+
+    min_pixels = max_pixels = image_size^2, so a square image of any size is resized to image_size
+    (non-square images keep their aspect ratio and get about the same number of tokens).
+    """
+    from transformers import Qwen2VLImageProcessor
+
+    image_size = image_size or default_image_size(arch)
+    image_tokens_per_image(arch, image_size)
+    pixels = image_size * image_size
+    grid = dict(patch_size=PATCH_SIZE[arch], merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE)
+    image_processor = Qwen2VLImageProcessor(min_pixels=pixels, max_pixels=pixels, **grid)
+    if arch == "qwen3_vl":
+        from transformers import Qwen3VLProcessor as Processor, Qwen3VLVideoProcessor as VideoProcessor
+    else:
+        from transformers import Qwen2VLVideoProcessor as VideoProcessor
+        if arch == "qwen2_vl":
+            from transformers import Qwen2VLProcessor as Processor
+        else:
+            from transformers import Qwen2_5_VLProcessor as Processor
+    video_processor = VideoProcessor(size={"shortest_edge": pixels, "longest_edge": pixels}, **grid)
+    return Processor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=video_processor,
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def _mrope_section(head_dim: int) -> list[int]:
+    """Split head_dim/2 rotary frequencies over (time, height, width), in Qwen's 1:1.5:1.5 proportions."""
+    half = head_dim // 2
+    if head_dim % 2 or half < 3:
+        raise ValueError(f"head_dim={head_dim} must be even and >= 6 for 3-axis M-RoPE")
+    spatial = (half - half // 4) // 2
+    return [half - 2 * spatial, spatial, spatial]
+
+
+def tiny_config(
+    arch: str,
+    vocab_size: int,
+    *,
+    hidden_size: int = 64,
+    num_hidden_layers: int = 2,
+    num_attention_heads: int = 4,
+    num_key_value_heads: int = 2,
+    intermediate_size: int = 128,
+    vision_depth: int = 1,
+    vision_hidden: int = 32,
+    vision_heads: int = 2,
+    vision_intermediate: int | None = None,
+    max_position_embeddings: int = 2048,
+    image_token_id: int,
+    video_token_id: int,
+    vision_start_token_id: int,
+    vision_end_token_id: int,
+    eos_token_id: int,
+    pad_token_id: int,
+    bos_token_id: int,
+    dtype: torch.dtype = torch.float32,
+):
+    """A Qwen-VL config of the given sizes whose special-token ids match the tokenizer's."""
+    _check_arch(arch)
+    if hidden_size % num_attention_heads or num_attention_heads % num_key_value_heads:
+        raise ValueError(
+            f"hidden_size={hidden_size} must be divisible by num_attention_heads={num_attention_heads}, "
+            f"which must be divisible by num_key_value_heads={num_key_value_heads}"
+        )
+    if vision_hidden % vision_heads:
+        raise ValueError(f"vision_hidden={vision_hidden} must be divisible by vision_heads={vision_heads}")
+    head_dim = hidden_size // num_attention_heads
+    vision_intermediate = vision_intermediate or 4 * vision_hidden
+    text = dict(
+        vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=intermediate_size,
+        num_hidden_layers=num_hidden_layers, num_attention_heads=num_attention_heads,
+        num_key_value_heads=num_key_value_heads, max_position_embeddings=max_position_embeddings,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": _mrope_section(head_dim)},
+        eos_token_id=eos_token_id, pad_token_id=pad_token_id, bos_token_id=bos_token_id,
+        tie_word_embeddings=False,
+    )
+    grid = dict(patch_size=PATCH_SIZE[arch], spatial_merge_size=MERGE_SIZE, temporal_patch_size=TEMPORAL_PATCH_SIZE)
+    ids = dict(
+        image_token_id=image_token_id, video_token_id=video_token_id,
+        vision_start_token_id=vision_start_token_id, vision_end_token_id=vision_end_token_id,
+    )
+    if arch == "qwen2_vl":
+        from transformers import Qwen2VLConfig as Config
+        if vision_intermediate % vision_hidden:
+            raise ValueError(f"qwen2_vl sets its vision MLP by an integer ratio: vision_intermediate="
+                             f"{vision_intermediate} must be a multiple of vision_hidden={vision_hidden}")
+        vision = dict(depth=vision_depth, embed_dim=vision_hidden, hidden_size=hidden_size, num_heads=vision_heads,
+                      mlp_ratio=vision_intermediate // vision_hidden, **grid)
+    elif arch == "qwen2_5_vl":
+        from transformers import Qwen2_5_VLConfig as Config
+        # Window attention over 2x2 merged tokens; the last block attends globally.
+        vision = dict(depth=vision_depth, hidden_size=vision_hidden, out_hidden_size=hidden_size,
+                      intermediate_size=vision_intermediate, num_heads=vision_heads,
+                      window_size=2 * PATCH_SIZE[arch] * MERGE_SIZE, fullatt_block_indexes=[vision_depth - 1],
+                      **grid)
+    else:
+        from transformers import Qwen3VLConfig as Config
+        text["head_dim"] = head_dim
+        text["rope_parameters"]["mrope_interleaved"] = True
+        vision = dict(depth=vision_depth, hidden_size=vision_hidden, out_hidden_size=hidden_size,
+                      intermediate_size=vision_intermediate, num_heads=vision_heads,
+                      num_position_embeddings=256, deepstack_visual_indexes=[], **grid)
+    config = Config(text_config=text, vision_config=vision, tie_word_embeddings=False, **ids)
+    config.dtype = dtype
+    return config
+
+
+def build_model(config, *, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """Deterministic random init of the Qwen-VL model for `config`."""
+    from transformers import AutoModelForImageTextToText
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def greedy_generation_config(tokenizer) -> GenerationConfig:
+    ids = special_token_ids(tokenizer)
+    return GenerationConfig(
+        do_sample=False, eos_token_id=ids["eos_token_id"], pad_token_id=ids["pad_token_id"],
+        bos_token_id=ids["bos_token_id"], max_new_tokens=32,
+    )
+
+
+def save_tiny_vlm(
+    out_dir,
+    arch: str = "qwen2_vl",
+    *,
+    seed: int = 0,
+    words=None,
+    image_size: int | None = None,
+    dtype: torch.dtype = torch.float32,
+    **sizes,
+) -> Path:
+    """Save a randomly initialised Qwen-VL model with its tokenizer and processor to `out_dir`.
+
+    `sizes` are `tiny_config` keywords (hidden_size, num_hidden_layers, ...). `words` defaults to the
+    synthetic world's vocabulary; `image_size` defaults to the arch's 4-token size (56 px, 64 for qwen3_vl).
+    """
+    if words is None:
+        from vlmq_gptqmodel.synth.world import VOCAB as words
+    tokenizer = build_tokenizer(words)
+    processor = build_processor(tokenizer, arch, image_size)
+    config = tiny_config(arch, len(tokenizer), dtype=dtype, **special_token_ids(tokenizer), **sizes)
+    model = build_model(config, seed=seed, dtype=dtype)
+    model.generation_config = greedy_generation_config(tokenizer)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out

@@ -1,0 +1,121 @@
+"""Captions and question/answer pairs for a scene, in the world's small word-level language."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vlmq_gptqmodel.synth.world.scene import Scene, SceneObject, SceneText
+from vlmq_gptqmodel.synth.world.vocab import COLOURS, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS, SHAPES
+
+CAPTION_PROMPT = "describe the image ."
+# How often a "no" existence question names a combination that shares a colour or shape with the scene.
+HARD_NEGATIVE_PROBABILITY = 0.7
+
+
+@dataclass(frozen=True)
+class QA:
+    kind: str
+    question: str
+    answer: str
+    # The object or text the answer reads from (None for count and existence questions); for the training
+    # script's attention supervision. Not part of equality: two QAs with the same words are the same question.
+    subject: SceneObject | SceneText | None = field(default=None, compare=False)
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def spelled(glyphs: str) -> str:
+    """Text is read back one glyph per word: "4A2" -> "4 A 2"."""
+    return " ".join(glyphs)
+
+
+def describe_item(item: SceneObject | SceneText) -> str:
+    """Terse, like a tag list, so captions stay much shorter than the image's token count."""
+    where = POSITION_NAMES[item.row][item.col]
+    if isinstance(item, SceneText):
+        return f"text {spelled(item.glyphs)} {where}"
+    return f"{item.size} {item.colour} {item.shape} {where}"
+
+
+def caption(scene: Scene) -> str:
+    """Every item in reading order: "big red circle top left , small blue square center center and text 4 A bottom center ."."""
+    parts = [describe_item(item) for item in scene.items_in_reading_order()]
+    body = parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
+    return body + " ."
+
+
+def _unique(objects, key):
+    counts = Counter(key(o) for o in objects)
+    return [o for o in objects if counts[key(o)] == 1]
+
+
+def _pick(rng: np.random.Generator, items):
+    return items[int(rng.integers(len(items)))]
+
+
+def _ask_about_unique(scene: Scene, rng: np.random.Generator, kind: str, key, question, answer) -> QA | None:
+    """Ask about one object that `key` singles out in the scene (None when no object is unique by `key`)."""
+    candidates = _unique(scene.objects, key)
+    if not candidates:
+        return None
+    obj = _pick(rng, candidates)
+    return QA(kind, question(obj), answer(obj), obj)
+
+
+def ask_colour(scene: Scene, rng: np.random.Generator) -> QA | None:
+    return _ask_about_unique(scene, rng, "colour", lambda o: o.shape,
+                             lambda o: f"what colour is the {o.shape} ?", lambda o: o.colour)
+
+
+def ask_shape(scene: Scene, rng: np.random.Generator) -> QA | None:
+    return _ask_about_unique(scene, rng, "shape", lambda o: o.colour,
+                             lambda o: f"what shape is the {o.colour} object ?", lambda o: o.shape)
+
+
+def ask_count(scene: Scene, rng: np.random.Generator) -> QA:
+    # Mostly shapes that are present, so counts above zero are common.
+    present = sorted({o.shape for o in scene.objects})
+    shape = _pick(rng, present) if present and rng.random() < 0.6 else _pick(rng, SHAPES)
+    n = sum(o.shape == shape for o in scene.objects)
+    return QA("count", f"how many {SHAPE_PLURALS[shape]} are there ?", NUMBER_WORDS[n])
+
+
+def ask_exists(scene: Scene, rng: np.random.Generator) -> QA:
+    present = {(o.colour, o.shape) for o in scene.objects}
+    if present and rng.random() < 0.5:
+        colour, shape = _pick(rng, sorted(present))
+        answer = "yes"
+    else:
+        absent = [(c, s) for c in COLOURS for s in SHAPES if (c, s) not in present]
+        hard = [(c, s) for c, s in absent if any(c == pc or s == ps for pc, ps in present)]
+        pool = hard if hard and rng.random() < HARD_NEGATIVE_PROBABILITY else absent
+        colour, shape = _pick(rng, pool)
+        answer = "no"
+    return QA("exists", f"is there {_article(colour)} {colour} {shape} ?", answer)
+
+
+def ask_position(scene: Scene, rng: np.random.Generator) -> QA | None:
+    return _ask_about_unique(scene, rng, "position", lambda o: (o.colour, o.shape),
+                             lambda o: f"where is the {o.colour} {o.shape} ?", lambda o: POSITION_NAMES[o.row][o.col])
+
+
+def ask_text(scene: Scene, rng: np.random.Generator) -> QA | None:
+    if scene.text is None:
+        return None
+    return QA("text", "what does the text say ?", spelled(scene.text.glyphs), scene.text)
+
+
+ASKERS = {
+    "colour": ask_colour, "shape": ask_shape, "count": ask_count,
+    "exists": ask_exists, "position": ask_position, "text": ask_text,
+}
+
+
+def questions(scene: Scene, rng: np.random.Generator, kinds) -> list[QA]:
+    """At most one question per kind, in `kinds` order; kinds the scene cannot support are skipped."""
+    asked = (ASKERS[kind](scene, rng) for kind in kinds)
+    return [qa for qa in asked if qa is not None]

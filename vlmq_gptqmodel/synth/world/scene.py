@@ -1,0 +1,108 @@
+"""What an image contains: a few shapes and maybe a short text, each in its own cell of a 3x3 grid.
+
+Scenes are sampled from a curriculum stage (how many objects, which sizes, how often text appears) so the
+training script can start with one big object and end with the full, evaluation-time distribution.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vlmq_gptqmodel.synth.world.vocab import COLOURS, GLYPHS, GRID_SIZE, SHAPES, SIZES
+
+# The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
+# questions; a from-scratch model of the shipped size did not learn them on CPU (tools/TRAINING-history.md).
+QUESTION_KINDS = ("colour", "shape", "position", "text")
+MAX_GLYPHS = 4  # the longest text any world renders (the training script's per-tile glyph-place labels)
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One curriculum stage: the scene distribution and the question kinds (plus captions) it trains."""
+
+    min_objects: int
+    max_objects: int
+    sizes: tuple[str, ...]
+    text_probability: float
+    kinds: tuple[str, ...]
+    captions: bool
+    glyphs: tuple[int, int] = (2, 3)  # shortest and longest text
+
+
+# Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
+# or shape asked about has to be found among them (the binding step; run 2 phase G in tools/TRAINING-history.md).
+# The last stage adds position and text questions, text in half the images, and captions (every
+# object's size, colour, shape and place, in reading order); it is the evaluation and calibration
+# distribution.
+STAGES = (
+    Stage(1, 1, ("big",), 0.0, ("colour", "shape"), False),
+    Stage(2, 3, SIZES, 0.0, ("colour", "shape"), False),
+    Stage(1, 3, SIZES, 0.5, QUESTION_KINDS, True),
+)
+FINAL_STAGE = len(STAGES)
+
+# The "deep" world (the headroom yardstick, shipped as synthvlm-deep): the same stages, but its final
+# distribution has two to four objects and text in most images, three or four glyphs long, so more answers
+# need several tokens right. Both worlds have the same number of stages, so FINAL_STAGE holds for both.
+DEEP_STAGES = STAGES[:2] + (Stage(2, 4, SIZES, 0.7, QUESTION_KINDS, True, glyphs=(3, 4)),)
+WORLDS = {"synthvlm": STAGES, "deep": DEEP_STAGES}
+DEFAULT_WORLD = "synthvlm"
+
+
+def get_stage(stage: int | None, world: str = DEFAULT_WORLD) -> Stage:
+    if world not in WORLDS:
+        raise ValueError(f"world={world!r} does not exist; use one of {tuple(WORLDS)}")
+    stages = WORLDS[world]
+    if stage is None:
+        return stages[-1]
+    if not 1 <= stage <= len(stages):
+        raise ValueError(f"stage={stage} does not exist; use 1..{len(stages)} or None for the final stage")
+    return stages[stage - 1]
+
+
+@dataclass(frozen=True)
+class SceneObject:
+    shape: str
+    colour: str
+    size: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class SceneText:
+    glyphs: str
+    row: int
+    col: int
+
+
+@dataclass(frozen=True)
+class Scene:
+    objects: tuple[SceneObject, ...]
+    text: SceneText | None
+
+    def items_in_reading_order(self) -> list[SceneObject | SceneText]:
+        items = list(self.objects) + ([self.text] if self.text else [])
+        return sorted(items, key=lambda item: (item.row, item.col))
+
+
+def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
+    """Objects and text in distinct grid cells; shapes, colours and sizes drawn uniformly."""
+    has_text = rng.random() < stage.text_probability
+    n_objects = int(rng.integers(stage.min_objects, stage.max_objects + 1))
+    if n_objects == 0 and not has_text:
+        n_objects = 1
+    cells = rng.permutation(GRID_SIZE * GRID_SIZE)[: n_objects + has_text]
+    objects = tuple(
+        SceneObject(
+            shape=str(rng.choice(SHAPES)), colour=str(rng.choice(COLOURS)), size=str(rng.choice(stage.sizes)),
+            row=int(cell) // GRID_SIZE, col=int(cell) % GRID_SIZE,
+        )
+        for cell in cells[:n_objects]
+    )
+    text = None
+    if has_text:
+        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(stage.glyphs[0], stage.glyphs[1] + 1))))
+        text = SceneText(glyphs, int(cells[-1]) // GRID_SIZE, int(cells[-1]) % GRID_SIZE)
+    return Scene(objects, text)

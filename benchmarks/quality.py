@@ -409,6 +409,7 @@ def parse_args(argv=None):
     p.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}")
     p.add_argument("--settings", default="w4g128,w3g128,w2g128,w3g32,w2g32", help="settings of the main part")
     p.add_argument("--seeds", default="0,1,2,3,4", help="calibration seeds of the main part")
+    p.add_argument("--methods", default=",".join(MAIN), help="methods of the main, attention-only and sweep parts")
     p.add_argument("--calib", type=int, default=512, help="calibration images per seed (the paper: 512)")
     p.add_argument("--eval", type=int, default=320,
                    help="images scored (about 3.3 questions each: 320 gives over 1,000 questions)")
@@ -445,6 +446,9 @@ def parse_args(argv=None):
     if args.calib < 1 or args.eval < 1:
         raise SystemExit("--calib and --eval must be at least 1")
     args.parts = parts
+    args.methods = [m for m in args.methods.split(",") if m]
+    if not args.methods or set(args.methods) - set(MAIN):
+        raise SystemExit(f"--methods: give a comma-separated subset of {tuple(MAIN)}")
     if args.results is None:
         name = Path(args.model).name if args.model else "synthvlm"
         args.results = str(RESULTS / (name + ("-select" if args.split == "select" else "")))
@@ -463,6 +467,7 @@ def main(argv=None) -> None:
     study_seeds = parse_ints(args.study_seeds, "study-seeds")
     attn_seeds = parse_ints(args.attention_seeds, "attention-seeds") if args.attention_seeds else seeds
     bench = Bench(args)
+    methods = {label: MAIN[label] for label in args.methods}
     abl = ablations(VLMQConfig(precursor=args.ablation_precursor))
     study = gptaq_study()
     if "main" in args.parts:
@@ -470,7 +475,7 @@ def main(argv=None) -> None:
             bench.rtn(bits, group)
         for seed in seeds:
             for bits, group in settings:
-                for label, (method, cfg) in MAIN.items():
+                for label, (method, cfg) in methods.items():
                     bench.quantized(key("main", args.calib, bits, group, label, seed), bits, group, seed, args.calib,
                                     method, cfg)
     if "attention-only" in args.parts:
@@ -478,14 +483,14 @@ def main(argv=None) -> None:
             bench.rtn(bits, group, attention_only=True)
         for seed in attn_seeds:
             for bits, group in attn_settings:
-                for label, (method, cfg) in MAIN.items():
+                for label, (method, cfg) in methods.items():
                     bench.quantized(key("attn", args.calib, bits, group, label, seed), bits, group, seed, args.calib,
                                     method, cfg, attention_only=True)
     if "sweep" in args.parts:
         for seed in sweep_seeds:
             for calib in sizes:
                 for bits, group in sweep_settings:
-                    for label, (method, cfg) in MAIN.items():
+                    for label, (method, cfg) in methods.items():
                         bench.quantized(key("sweep", calib, bits, group, label, seed), bits, group, seed, calib,
                                         method, cfg)
     if "ablations" in args.parts:

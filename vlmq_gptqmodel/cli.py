@@ -89,13 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 def add_eval_command(subparsers) -> None:
     """`vlmq eval --model DIR [--n N] [--reference FP_DIR]`: the synthetic world's evaluation split."""
     e = subparsers.add_parser(
-        "eval", help="exact-match VQA accuracy (and KL vs an FP reference) on the synthetic world's eval split",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "eval", help="exact-match VQA accuracy (and KL vs an FP reference) on the synthetic world's eval split")
     e.add_argument("--model", default=None,
                    help="FP model directory or GPTQ checkpoint directory (default: the shipped synthvlm)")
-    e.add_argument("--n", type=int, default=EVAL_IMAGES, help="evaluation images (about 5 questions each)")
+    e.add_argument("--n", type=int, default=EVAL_IMAGES, help=f"evaluation images (about 5 questions each; default {EVAL_IMAGES})")
     e.add_argument("--reference", default=None, help="FP model directory for the answer-token KL")
-    e.add_argument("--seed", type=int, default=0, help="evaluation split seed")
+    e.add_argument("--seed", type=int, default=0, help="evaluation split seed (default 0)")
     e.add_argument("--batch-size", type=int, default=None, help="questions per forward pass (default: the evaluator's)")
     e.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     e.set_defaults(func=run_eval)

@@ -29,15 +29,10 @@ def test_vlmq_config_checks_types_and_ranges_when_built(kwargs, message):
 
 
 @pytest.fixture(scope="module")
-def calib_dir(tmp_path_factory):
+def calib_dir(tmp_path_factory, calibration_images):
     """A folder with a good calibration file and broken ones."""
-    from vlmq_gptqmodel.synth.world import make_samples
-
     root = tmp_path_factory.mktemp("calib")
-    records = []
-    for i, sample in enumerate(make_samples("calib", 2, seed=0)):
-        sample.image.save(root / f"{i}.png")
-        records.append({"image": f"{i}.png", "caption": sample.caption})
+    records = calibration_images(root, 2)
     (root / "good.json").write_text(json.dumps(records))
     (root / "corrupt.png").write_bytes(b"not an image")
     (root / "corrupt_image.json").write_text(json.dumps([records[0], {**records[1], "image": "corrupt.png"}]))

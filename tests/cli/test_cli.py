@@ -4,18 +4,12 @@ import json
 import pytest
 
 from vlmq_gptqmodel import cli
-from vlmq_gptqmodel.synth.world import make_samples
 
 
 @pytest.fixture(scope="module")
-def calib_file(tmp_path_factory):
+def calib_file(tmp_path_factory, calibration_images):
     root = tmp_path_factory.mktemp("calib")
-    records = []
-    for i, sample in enumerate(make_samples("calib", 4, seed=0)):
-        sample.image.save(root / f"{i}.png")
-        records.append({"image": f"{i}.png", "conversations": [
-            {"from": "human", "value": "<image>\ndescribe the image ."}, {"from": "gpt", "value": sample.caption}]})
-    (root / "calib.json").write_text(json.dumps(records))
+    (root / "calib.json").write_text(json.dumps(calibration_images(root, 4, sharegpt=True)))
     return root / "calib.json"
 
 

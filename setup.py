@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["vlmq_gptqmodel", "vlmq_gptqmodel.*"]) + ["vlmq_gptqmodel.kernels"],
     package_dir={"vlmq_gptqmodel.kernels": "kernels"},
-    package_data={"vlmq_gptqmodel.synth": ["assets/synthvlm/*"]},
+    package_data={"vlmq_gptqmodel.synth": ["assets/*/*"]},
     install_requires=[
         "gptqmodel==7.7.0",  # private API is used (vlmq_gptqmodel/glue): exactly this version
         "torch==2.14.1",

@@ -22,7 +22,7 @@ from vlmq_gptqmodel.config import LAYER0_POLICIES, PRECURSORS, VLMQConfig
 from vlmq_gptqmodel.layer_importance import describe_projections
 from vlmq_gptqmodel.synth.demo import LAYER_ERROR_QUESTIONS
 from vlmq_gptqmodel.synth.evaluation import (encode_scored, eval_samples, load_for_eval, processor_image_size, questions_of,
-                                       synthvlm_dir)
+                                       resolve_model)
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.synth.world import calibration_conversations
 from results_io import RESULTS, reproduce_line, write_text
@@ -40,7 +40,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "layer0.md"))
     args = p.parse_args()
     rows = []
-    model_dir = Path(args.model) if args.model else synthvlm_dir()
+    model_dir = resolve_model(args.model)
     with tempfile.TemporaryDirectory() as tmp:
         fp_model, processor = load_for_eval(model_dir, dtype=torch.bfloat16)
         size = processor_image_size(processor)

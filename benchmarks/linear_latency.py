@@ -183,8 +183,6 @@ def gptqmodel_layer(cls, unpacked, device, **kwargs):
 
 def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
     """Every method for one shape and width, each with the weight it computes with."""
-    from gptqmodel.nn_modules.qlinear.torch import TorchLinear
-
     from vlmq_gptqmodel.kernels import VLMQQuantLinear, dispatch, layout, reference
     from vlmq_gptqmodel.kernels.synthetic import synthetic_gptq
 
@@ -199,6 +197,11 @@ def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
             f"VLMQ W{bits} {algorithm}",
             lambda x, a=algorithm: dispatch.quantized_matmul(x, vlmq.kernel_weights(), None, algorithm=a),
             vlmq_bytes, weight))
+    try:
+        from gptqmodel.nn_modules.qlinear.torch import TorchLinear
+    except ImportError as error:  # the kernels need only torch and Triton; GPTQModel's peers are optional
+        print(f"GPTQModel's kernels are not compared: {error}", file=sys.stderr)
+        return found
     builders = [(f"GPTQModel TorchLinear W{bits}", TorchLinear, unpacked, False)]
     if bits == 2:
         from gptqmodel.nn_modules.qlinear.tritonv2 import TritonV2Linear

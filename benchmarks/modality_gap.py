@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from vlmq_gptqmodel.synth.evaluation import load_for_eval, processor_image_size, synthvlm_dir, world_of
+from vlmq_gptqmodel.families import family_of
+from vlmq_gptqmodel.synth.evaluation import load_for_eval, processor_image_size, resolve_model, world_of
 from vlmq_gptqmodel.synth.world import calibration_conversations
 from results_io import RESULTS as RESULTS_ROOT, reproduce_line, write_text
 
@@ -39,7 +40,7 @@ def modality_statistics(hidden: torch.Tensor, vision: torch.Tensor) -> dict:
 def hidden_states(model, processor, conversations) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Per layer input (embeddings, then each decoder layer's output): every token's state [N, D], and a
     vision mask [N]; samples one at a time (no padding)."""
-    image_token = model.config.image_token_id
+    image_token = family_of(model.config.model_type).image_token_id(model.config)
     layers, vision = None, []
     for conversation in conversations:
         text = processor.apply_chat_template(conversation, tokenize=False)
@@ -87,7 +88,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     if args.samples < 1:
         raise SystemExit("--samples must be at least 1")
-    model_dir = Path(args.model) if args.model else synthvlm_dir()
+    model_dir = resolve_model(args.model)
     model, processor = load_for_eval(model_dir)
     world = world_of(model)
     conversations = calibration_conversations(args.samples, seed=0, image_size=processor_image_size(processor),

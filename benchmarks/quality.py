@@ -34,11 +34,12 @@ import numpy as np
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
+from vlmq_gptqmodel.families import family_of
 from vlmq_gptqmodel.synth.compare import layer_output_errors_by
 from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.synth.dequantized import load_dequantized
 from vlmq_gptqmodel.synth.evaluation import (
-    encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, synthvlm_dir, world_of,
+    encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model, world_of,
 )
 from vlmq_gptqmodel.synth.rtn_baseline import apply_rtn
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
@@ -118,7 +119,7 @@ def key(part: str, calib: int, bits: int, group: int, label: str, seed: int) -> 
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.model_dir = Path(args.model) if args.model else synthvlm_dir()
+        self.model_dir = resolve_model(args.model)
         self.identity = {"model": self.model_dir.name, "eval": args.eval, "split": args.split,
                          "dtype": args.dtype, "serve": args.serve}
         self.store = Path(args.results) / "quality.json"
@@ -159,7 +160,8 @@ class Bench:
     def token_sets(self, batch) -> dict:
         """Real (unpadded) tokens of a scoring batch: all, vision, text."""
         real = batch["attention_mask"].bool()
-        vision = batch["input_ids"] == self.fp_model.config.image_token_id
+        config = self.fp_model.config
+        vision = batch["input_ids"] == family_of(config.model_type).image_token_id(config)
         return {"all": real, "vision": real & vision, "text": real & ~vision}
 
     def rtn(self, bits: int, group: int, attention_only: bool = False) -> None:

@@ -26,6 +26,7 @@ from results_io import RESULTS, reproduce_line, write_text
 PRESETS = {  # language-model dims; the vision tower is tiny (it is not quantized)
     "2b": dict(hidden_size=1536, intermediate_size=8960, num_attention_heads=12, num_key_value_heads=2),
     "small": dict(hidden_size=512, intermediate_size=1536, num_attention_heads=8, num_key_value_heads=2),
+    "7b": dict(hidden_size=3584, intermediate_size=18944, num_attention_heads=28, num_key_value_heads=4),
 }
 METHODS = {  # label -> (runner method, VLMQ precursor)
     "GPTQ": ("gptq", None),
@@ -48,15 +49,17 @@ def worker(args) -> None:
     import vlmq_gptqmodel  # noqa: F401
     from vlmq_gptqmodel.config import VLMQConfig
     from vlmq_gptqmodel.runner import QuantSpec
+    from vlmq_gptqmodel.streams import StreamPlan
     from vlmq_gptqmodel.synth.world import calibration_conversations
     from gptqmodel import GPTQModel
 
     method, precursor = METHODS[args.worker]
     spec = QuantSpec(bits=args.bits, group_size=args.group_size, device=args.device, dtype=args.dtype)
-    gptaq = method == "gptaq" or precursor == "gptaq"
+    vlmq = VLMQConfig(precursor=precursor) if method == "vlmq" else None
     calib = calibration_conversations(args.samples, seed=0, image_size=args.image_size)
-    model = GPTQModel.load(args.model, spec.quantize_config(gptaq), dtype=spec.torch_dtype())
-    kwargs = {"method": "vlmq", "vlmq": VLMQConfig(precursor=precursor)} if method == "vlmq" else {}
+    model = GPTQModel.load(args.model, spec.quantize_config(StreamPlan.of(method, vlmq).gptaq_quantizer),
+                           dtype=spec.torch_dtype())
+    kwargs = {"method": "vlmq", "vlmq": vlmq} if vlmq is not None else {}
     cuda = args.device.startswith("cuda")
     if cuda:
         torch.cuda.synchronize()
@@ -126,7 +129,7 @@ def markdown(table: dict, args) -> str:
     return setting + "\n\n" + "\n".join(lines)
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=sorted(PRESETS), default="2b")
     p.add_argument("--layers", type=int, default=2)
@@ -142,7 +145,7 @@ def main() -> None:
     p.add_argument("--worker", choices=sorted(METHODS), help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--result", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.worker:
         return worker(args)
     labels = [m.strip() for m in args.methods.split(",")]

@@ -30,10 +30,11 @@ from pathlib import Path
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
+from vlmq_gptqmodel.families import family_of
 from vlmq_gptqmodel.synth.compare import decoder_layers
 from vlmq_gptqmodel.config import PRECURSORS, VLMQConfig
 from vlmq_gptqmodel.synth.dequantized import load_dequantized
-from vlmq_gptqmodel.synth.evaluation import load_for_eval, processor_image_size, synthvlm_dir
+from vlmq_gptqmodel.synth.evaluation import load_for_eval, processor_image_size, resolve_model
 from vlmq_gptqmodel.importance import effective_tokens
 from vlmq_gptqmodel.layer_importance import LayerStreams, layer_importance
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
@@ -110,7 +111,7 @@ def main() -> None:
     p.add_argument("--out", default=str(RESULTS / "token_importance.md"))
     args = p.parse_args()
 
-    model_dir = Path(args.model) if args.model else synthvlm_dir()
+    model_dir = resolve_model(args.model)
     fp_model, processor = load_for_eval(model_dir)
     size = processor_image_size(processor)
     samples = make_samples("calib", args.calib, args.seed, image_size=size)
@@ -118,7 +119,7 @@ def main() -> None:
     # GPTQModel's calibration text ends with a generation prompt; the same tokens here give the same streams
     batches = [processor(text=[processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True)],
                          images=[s.image], return_tensors="pt") for c, s in zip(conversations, samples)]
-    image_token_id = fp_model.config.image_token_id
+    image_token_id = family_of(fp_model.config.model_type).image_token_id(fp_model.config)
     classes = [token_classes(b, s.scene, image_token_id, size) for b, s in zip(batches, samples)]  # before quantizing
     vision, item = [c[0] for c in classes], [c[1] for c in classes]
     cfg = VLMQConfig(precursor=args.precursor)

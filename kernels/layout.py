@@ -232,14 +232,16 @@ def repack_for_kernels(unpacked: GPTQCodes) -> KernelWeights:
     in_features, out_features = codes.shape
     block_rows = BLOCK_ROWS[bits]
     k_pad = -(-in_features // block_rows) * block_rows
-    # One group spanning the padded rows is the same per-channel group, and a whole number of blocks.
-    rows_per_group = k_pad if unpacked.group_size == -1 else unpacked.group_size
+    # One group spanning the padded rows is the same per-channel group, and a whole number of blocks. GPTQModel
+    # loads a group_size=-1 checkpoint with group_size set to the input width: that is per-channel too.
+    per_channel = unpacked.group_size == -1 or unpacked.group_size >= in_features
+    rows_per_group = k_pad if per_channel else unpacked.group_size
     # Group boundaries must fall on sub-tile edges at positions known at compile time.
     if rows_per_group % SUBTILE_ROWS or (block_rows % rows_per_group and rows_per_group % block_rows):
         raise ValueError(f"group_size={unpacked.group_size} is not supported by the VLMQ kernels at {bits} bits: it "
                          f"must be -1 or a multiple of {SUBTILE_ROWS} that divides {block_rows} or is a multiple of "
                          "it. Serve this checkpoint with GPTQModel's TorchLinear.")
-    perm = group_sort_permutation(unpacked.g_idx, unpacked.group_size)
+    perm = group_sort_permutation(unpacked.g_idx, -1 if per_channel else unpacked.group_size)
     if perm is not None:
         codes = codes[perm.long()]
     padded = torch.zeros((k_pad, out_features), dtype=torch.int64, device=codes.device)

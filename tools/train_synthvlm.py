@@ -498,7 +498,7 @@ def main(argv=None) -> int:
                                    binding_loss(head_attention.weights[layer], hop_targets))
             read = targets[1]
             if read_output is not None and len(read):
-                tiles = read_tiles(batch["input_ids"], read, model.config.image_token_id)
+                tiles = read_tiles(batch["input_ids"], read, QWEN_VL.image_token_id(model.config))
                 auxiliary["read_probe_loss"] = (args.read_loss, lambda: probes["read"].loss(
                     read_output.hidden[read[:, 0], read[:, 1]], labels[read[:, 0] * n_tiles ** 2 + tiles], tiles))
         loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)

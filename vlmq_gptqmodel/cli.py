@@ -91,7 +91,8 @@ def add_eval_command(subparsers) -> None:
     e = subparsers.add_parser(
         "eval", help="exact-match VQA accuracy (and KL vs an FP reference) on the synthetic world's eval split")
     e.add_argument("--model", default=None,
-                   help="FP model directory or GPTQ checkpoint directory (default: the shipped synthvlm)")
+                   help="FP model directory, GPTQ checkpoint directory or a shipped model's name (synthvlm, "
+                        "synthvlm-deep; default: synthvlm)")
     e.add_argument("--n", type=int, default=EVAL_IMAGES, help=f"evaluation images (about 5 questions each; default {EVAL_IMAGES})")
     e.add_argument("--reference", default=None, help="FP model directory for the answer-token KL")
     e.add_argument("--seed", type=int, default=0, help="evaluation split seed (default 0)")
@@ -144,12 +145,12 @@ def run_quantize(args) -> int:
 
 
 def run_eval(args) -> int:
-    from .synth.evaluation import evaluate_dir, synthvlm_dir
+    from .synth.evaluation import evaluate_dir, resolve_model
 
     if args.n < 1:
         raise BadInput(f"--n {args.n}: evaluate at least one image")
     batch = {} if args.batch_size is None else {"batch_size": args.batch_size}
-    result = evaluate_dir(args.model or synthvlm_dir(), n=args.n, seed=args.seed, reference_dir=args.reference, **batch)
+    result = evaluate_dir(resolve_model(args.model), n=args.n, seed=args.seed, reference_dir=args.reference, **batch)
     print(result.table())
     if args.json:
         Path(args.json).write_text(json.dumps(result.summary(), indent=2) + "\n")

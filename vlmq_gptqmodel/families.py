@@ -22,7 +22,7 @@ class Family:
     decoder_layers_path: str = "model.language_model.layers"
     attention: str = "self_attn"          # a decoder layer's self-attention module
     input_norm: str = "input_layernorm"   # the norm in front of it
-    vision_token_fields: Tuple[str, ...] = ("image_token_id", "video_token_id")
+    vision_token_fields: Tuple[str, ...] = ("image_token_id", "video_token_id")  # the image's first
 
     def decoder_layers(self, hf_model):
         module = hf_model
@@ -33,6 +33,10 @@ class Family:
     def vision_token_ids(self, config) -> List[int]:
         """The ids of the placeholder tokens that carry vision features (image and video)."""
         return [i for i in (getattr(config, f, None) for f in self.vision_token_fields) if i is not None]
+
+    def image_token_id(self, config) -> int:
+        """The id of the placeholder token that carries an image's features."""
+        return getattr(config, self.vision_token_fields[0])
 
     def attention_projection(self, module_name: str, projections: Tuple[str, ...]):
         """'self_attn.q_proj' (a name inside a decoder layer) -> 'q_proj' if it is one of `projections`."""

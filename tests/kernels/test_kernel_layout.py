@@ -1,7 +1,6 @@
 """GPTQ unpack/pack and the kernels' repacked layout are exact (plain torch, no kernels run)."""
 import pytest
 import torch
-from gptqmodel.nn_modules.qlinear.torch import TorchLinear
 
 from vlmq_gptqmodel.kernels import layout, reference
 from vlmq_gptqmodel.kernels.synthetic import synthetic_gptq
@@ -13,6 +12,7 @@ SHAPES = [(2, 161, 97), (3, 160, 96), (4, 161, 33)]
 
 def gptqmodel_packed(unpacked, desc_act):
     """A TorchLinear packed by GPTQModel itself from the dense weight of `unpacked`."""
+    TorchLinear = pytest.importorskip("gptqmodel.nn_modules.qlinear.torch").TorchLinear  # the kernels alone need none
     k, n = unpacked.codes.shape
     dense = torch.nn.Linear(k, n, bias=False)
     dense.weight.data = reference.dequantize(unpacked)
@@ -119,3 +119,15 @@ def test_bad_inputs_are_refused_with_the_fix():
         layout.unpack_gptq(packed["qweight"], packed["qzeros"], unpacked.scales, unpacked.g_idx, 2, 32, 64, 17)
     with pytest.raises(ValueError, match="words along dim 0"):
         layout.unpack_gptq(packed["qweight"][:-1], packed["qzeros"], unpacked.scales, unpacked.g_idx, 2, 32, 64, 16)
+
+
+@pytest.mark.parametrize("bits", layout.SUPPORTED_BITS)
+@pytest.mark.parametrize("in_features", [200, 256])  # 200: not a multiple of 16
+def test_a_group_as_wide_as_the_input_is_per_channel(bits, in_features):
+    """GPTQModel loads a group_size=-1 checkpoint with group_size = in_features: the same single group."""
+    unpacked = synthetic_gptq(bits, in_features, 8, -1, False, seed=3)
+    as_loaded = layout.GPTQCodes(unpacked.codes, unpacked.zeros, unpacked.scales, unpacked.g_idx, bits, in_features)
+    expected, got = layout.repack_for_kernels(unpacked), layout.repack_for_kernels(as_loaded)
+    assert got.group_size == expected.group_size and got.perm is None
+    assert torch.equal(got.words, expected.words) and torch.equal(got.zeros, expected.zeros)
+    assert torch.equal(reference.dequantize(layout.unrepack(got)), reference.dequantize(unpacked))

@@ -3,17 +3,18 @@
 The checkpoints come from conftest's `gptq_checkpoint` (GPTQModel quantizes the `tiny_vlm` model on CPU).
 """
 
+import pytest
 import torch
 
-import pytest
-from gptqmodel import BACKEND, GPTQModel
-from gptqmodel.nn_modules.qlinear.torch import TorchLinear
-from PIL import Image
-from transformers import AutoModelForImageTextToText, AutoProcessor
+pytest.importorskip("gptqmodel")  # the kernels need only torch and Triton; serving needs GPTQModel too
+from gptqmodel import BACKEND, GPTQModel  # noqa: E402
+from gptqmodel.nn_modules.qlinear.torch import TorchLinear  # noqa: E402
+from PIL import Image  # noqa: E402
+from transformers import AutoModelForImageTextToText, AutoProcessor  # noqa: E402
 
-from vlmq_gptqmodel.glue import serving
-from vlmq_gptqmodel.kernels import VLMQQuantLinear
-from vlmq_gptqmodel.serving import load_quantized
+from vlmq_gptqmodel.glue import serving  # noqa: E402
+from vlmq_gptqmodel.kernels import VLMQQuantLinear  # noqa: E402
+from vlmq_gptqmodel.serving import load_quantized  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 LINEARS_PER_LAYER = 7  # q, k, v, o, gate, up, down
@@ -37,8 +38,10 @@ def logits(model, inputs):
         return model(**{k: v.to(device) for k, v in inputs.items()}).logits.float().cpu()
 
 
-# g128 is not among them: the tiny model's width 64 cannot take it (refused before quantizing, issue 20 item 3)
-@pytest.mark.parametrize("bits,group_size,desc_act", [(3, 32, True), (2, 64, False), (4, 64, True)])
+# g128 is not among them: the tiny model's width 64 cannot take it (refused before quantizing, issue 20 item 3).
+# Per-channel (-1): GPTQModel loads it with group_size = each layer's input width, still served by the kernels.
+@pytest.mark.parametrize("bits,group_size,desc_act", [(3, 32, True), (2, 64, False), (4, 64, True),
+                                                      (2, -1, False), (3, -1, True), (4, -1, False)])
 def test_served_logits_match_torch_linear(gptq_checkpoint, tiny_vlm, bits, group_size, desc_act):
     checkpoint = gptq_checkpoint(bits=bits, group_size=group_size, desc_act=desc_act)
     served = load_quantized(checkpoint, device=DEVICE, allow_interpreter=True)

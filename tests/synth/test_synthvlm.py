@@ -187,7 +187,7 @@ def test_eval_command_reports_accuracy_and_zero_kl_against_itself(tiny_vlm, tmp_
 
 
 def test_missing_shipped_model_is_named_with_the_fix(monkeypatch, tmp_path):
-    monkeypatch.setattr(evaluation, "SYNTHVLM_DIR", tmp_path / "absent")
+    monkeypatch.setattr(evaluation, "ASSETS", tmp_path / "absent")
     assert not evaluation.has_synthvlm()
     with pytest.raises(FileNotFoundError, match="train_synthvlm.py --export"):
         evaluation.synthvlm_dir()

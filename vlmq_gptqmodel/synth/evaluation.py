@@ -27,24 +27,37 @@ DEFAULT_BATCH_SIZE = 32
 # config fields that must agree between a model and its --reference (text_config's where nested)
 ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                        "num_attention_heads", "num_key_value_heads", "synth_world")
-# The project's own trained VLM, shipped as package data once it is trained (see tools/TRAINING.md).
-SYNTHVLM_DIR = Path(__file__).resolve().parent / "assets" / "synthvlm"
+# The project's own trained VLMs, shipped as package data (tools/TRAINING.md): "synthvlm" (4 layers, 64 image
+# tokens) and "synthvlm-deep" (8 layers, 196 image tokens; the headroom yardstick).
+ASSETS = Path(__file__).resolve().parent / "assets"
+SHIPPED_MODELS = ("synthvlm", "synthvlm-deep")
 
 
-def has_synthvlm() -> bool:
-    return (SYNTHVLM_DIR / "model.safetensors").is_file()
+def has_synthvlm(name: str = "synthvlm") -> bool:
+    return (ASSETS / name / "model.safetensors").is_file()
 
 
-def synthvlm_dir() -> Path:
-    """Directory of the shipped synthetic-world model; fails clearly if it is not there."""
-    if not has_synthvlm():
+def synthvlm_dir(name: str = "synthvlm") -> Path:
+    """Directory of a shipped synthetic-world model; fails clearly if it is not there."""
+    if name not in SHIPPED_MODELS:
+        raise BadInput(f"{name!r} is not a shipped model; choose one of {SHIPPED_MODELS} or give a directory.")
+    if not has_synthvlm(name):
         raise FileNotFoundError(
-            f"the trained synthetic-world model is not in {SYNTHVLM_DIR}: the package data is missing; reinstall "
+            f"the trained synthetic-world model is not in {ASSETS / name}: the package data is missing; reinstall "
             f"with `pip install -e .` from a full clone. Or pass --model DIR with a model of your own, e.g. one from "
             f"`python tools/train_synthvlm.py --export DIR` (the shipped model's recipe; CPU runs are not "
             f"bit-identical, so check a retrained model's sensitivity as tools/TRAINING.md does)"
         )
-    return SYNTHVLM_DIR
+    return ASSETS / name
+
+
+def resolve_model(value) -> Path:
+    """A --model argument: None is the shipped synthvlm, a shipped model's name is its directory, else a path."""
+    if value is None:
+        return synthvlm_dir()
+    if str(value) in SHIPPED_MODELS and not Path(value).exists():
+        return synthvlm_dir(str(value))
+    return Path(value)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Everything GPU-side in one prepared run, for the day a GPU is lent (issue 19); about 8 minutes on one H100.
+#
+#   benchmarks/gpu_check.sh [--dry-run] [OUT_DIR]      # OUT_DIR default: benchmarks/results/gpu
+#
+# Steps, each with its wall time and exit status in OUT_DIR/steps.md (a failing step does not stop the next):
+#   env        the GPU, driver and package versions                          -> env.txt
+#   install    the project, editable, without dependencies (the GPU image brings torch and Triton); wheels
+#              in .whl/ (e.g. gptqmodel's, carried to a machine without registries) go to /tmp/site first
+#   kernels    tests/kernels compiled for the GPU, not interpreted (layout, matmul vs the reference,
+#              serving a quantized tiny model end to end with load_quantized)  -> kernel_tests.txt
+#   static     SASS instruction counts per weight for sm_90                   -> compile_check.txt
+#   latency    linear_latency.py: Table-11 shapes, M in {1,16,64,256,1024}, W2/W3/W4, every peer that
+#              imports                                                        -> linear_latency_<gpu>_<date>.md/json
+#   cost       quant_cost.py: GPTAQ vs VLMQ(gptaq) quantize() on CUDA, Qwen2-VL-7B text dims, 2 layers,
+#              32 calibration images: time and peak memory                    -> quant_cost.md
+# --dry-run (CPU, tested in CI): runs nothing heavy; checks each step's imports and command line instead.
+set -uo pipefail
+
+DRY_RUN=0
+OUT=benchmarks/results/gpu
+for arg in "$@"; do
+    case "$arg" in
+        --dry-run) DRY_RUN=1 ;;
+        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -*) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
+        *) OUT=$arg ;;
+    esac
+done
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT" || exit 1
+PY=${PYTHON:-python3}
+mkdir -p "$OUT" || exit 1
+export PYTHONUNBUFFERED=1 GPTQMODEL_CPU_WORKERS=${GPTQMODEL_CPU_WORKERS:-2}
+STEPS="$OUT/steps.md"
+printf '# gpu_check.sh%s\n\n| step | status | seconds |\n|---|---|---|\n' "$([ $DRY_RUN = 1 ] && echo ' --dry-run')" > "$STEPS"
+FAILED=0
+
+# step NAME LOG -- COMMAND...: run one step (a program: with a 4-minute cap), its output to the terminal and
+# to OUT/LOG unless LOG is "-" (a device run returns at most 8 files)
+step() {
+    local name=$1 log=$2; shift 3
+    local start=$SECONDS status cap=(timeout 240)
+    declare -F "$1" >/dev/null && cap=()  # a shell function here: timeout cannot run it
+    echo "== $name: $*"
+    "${cap[@]}" "$@" 2>&1 | tee "$([ "$log" = - ] && echo /dev/null || echo "$OUT/$log")"
+    status=${PIPESTATUS[0]}
+    [ "$status" = 0 ] || FAILED=1
+    printf '| %s | %s | %s |\n' "$name" "$([ "$status" = 0 ] && echo ok || echo "failed ($status)")" \
+        "$((SECONDS - start))" >> "$STEPS"
+}
+
+# run_or_check NAME LOG -- SCRIPT ARGS...: in a dry run, only parse the arguments; otherwise run the script
+run_or_check() {
+    local name=$1 log=$2; shift 3
+    if [ $DRY_RUN = 1 ]; then
+        step "$name" "$log" -- "$PY" benchmarks/check_command.py "$@"
+    else
+        step "$name" "$log" -- "$PY" "$@"
+    fi
+}
+
+env_report() {
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 || echo "no nvidia-smi"
+    "$PY" - <<'EOF'
+import importlib, platform
+print("python", platform.python_version())
+for name in ("torch", "triton", "transformers", "gptqmodel", "vlmq_gptqmodel.kernels"):
+    try:
+        module = importlib.import_module(name)
+        print(name, getattr(module, "__version__", "importable"))
+    except Exception as error:  # a missing package is reported, the later steps say what it costs
+        print(name, "NOT IMPORTABLE:", error)
+import torch
+print("cuda device:", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none")
+EOF
+}
+
+install_project() {
+    if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
+        "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
+            .whl/*.whl || return 1
+    fi
+    "$PY" -m pip install -q --no-deps --no-build-isolation -e . || return 1
+    "$PY" -c "import vlmq_gptqmodel.kernels as k; print('vlmq_gptqmodel.kernels from', k.__file__)"
+}
+
+[ -d /tmp/site ] || [ -d .whl ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+step env env.txt -- env_report
+if [ $DRY_RUN = 1 ]; then
+    step install install.txt -- "$PY" -c "import setuptools, vlmq_gptqmodel.kernels; print('installable; kernels import')"
+    step kernels kernel_tests.txt -- "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/kernels
+else
+    step install install.txt -- install_project
+    step kernels kernel_tests.txt -- "$PY" -m pytest -q -p no:cacheprovider tests/kernels
+fi
+run_or_check static compile_check.txt -- -m vlmq_gptqmodel.kernels.compile_check --arch 90
+run_or_check latency - -- benchmarks/linear_latency.py --m 1 16 64 256 1024 --bits 2 3 4 --reps 30 \
+    --out "$OUT"
+run_or_check cost quant_cost.md -- benchmarks/quant_cost.py --preset 7b --layers 2 --samples 32 --device cuda \
+    --dtype float16 --methods "GPTAQ,VLMQ(gptaq)" --no-save
+
+echo
+cat "$STEPS"
+exit $FAILED

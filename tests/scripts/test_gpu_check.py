@@ -1,0 +1,41 @@
+"""benchmarks/gpu_check.sh --dry-run on CPU: every GPU step's imports and command line are checked, so the
+script a lent GPU gets is known to start; and the checker itself refuses bad command lines."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+CHECK = ROOT / "benchmarks" / "check_command.py"
+
+
+def test_dry_run_checks_every_step(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable}  # the script's python is this test's
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(tmp_path / "out")],
+                          capture_output=True, text=True, timeout=1200, env=env)
+    steps = (tmp_path / "out" / "steps.md").read_text()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("env", "install", "kernels", "static", "latency", "cost"):
+        assert f"| {name} | ok |" in steps
+    assert "tests collected" in (tmp_path / "out" / "kernel_tests.txt").read_text()
+
+
+def _check(*argv):
+    return subprocess.run([sys.executable, str(CHECK), *argv], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_checker_accepts_a_good_command_line_without_running_it():
+    done = _check("benchmarks/quant_cost.py", "--preset", "7b", "--device", "cuda")
+    assert done.returncode == 0 and done.stdout.startswith("ok:"), done.stderr
+
+
+def test_checker_refuses_a_bad_argument_with_the_scripts_own_message():
+    done = _check("benchmarks/quant_cost.py", "--preset", "70b")
+    assert done.returncode == 2 and "invalid choice: '70b'" in done.stderr
+
+
+def test_checker_fails_a_script_that_never_parses(tmp_path):
+    script = tmp_path / "no_parser.py"
+    script.write_text("print('ran')\n")
+    done = _check(str(script))
+    assert done.returncode == 1 and "without parsing" in done.stderr

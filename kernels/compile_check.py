@@ -60,10 +60,10 @@ def variants(bits: int, group_size: int = 128, act_order: bool = False) -> list:
     block_rows = layout.BLOCK_ROWS[bits]
     common = dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, HAS_BIAS=False, UPCAST_DOT=False)
     found = []
-    for m in (1, 16):
+    for m, label in ((1, "1"), (2, "2"), (4, "3-4"), (16, "5-16")):  # block_m_for: 1, 2, 4, 16 rows
         config = dispatch.decode_config(out_features=4608, n_blocks=8, sm_count=1)
         found.append(Variant(
-            f"gemv_splitk M={'1' if m == 1 else '2-16'}", _gemv_splitk_kernel,
+            f"gemv_splitk M={label}", _gemv_splitk_kernel,
             dict(common, ATOMIC_OUT=False, BLOCK_M=block_m_for(m), BLOCK_N=config.block_n),
             config.num_warps, 1, block_rows * config.block_n / (32 * config.num_warps)))
     for m, label in ((32, "17-32"), (64, "33-64"), (1024, "65+")):

@@ -28,7 +28,8 @@ def _dequant_kernel(
         k_mask = rows < K
         if HAS_PERM:
             rows = tl.load(perm_ptr + rows, mask=k_mask, other=0)
-        ptrs = out_ptr + rows[:, None] * N + offs_n[None, :]
+        # int64: K * N reaches 2**31 for large-vocabulary layers, past int32 offsets
+        ptrs = out_ptr + rows[:, None].to(tl.int64) * N + offs_n[None, :]
         tl.store(ptrs, w.to(out_ptr.dtype.element_ty), mask=k_mask[:, None] & n_mask[None, :])
 
 

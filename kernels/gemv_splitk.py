@@ -7,8 +7,8 @@ The scale is applied once per group and column, never per weight (triton_tiles.p
 - M = 1: sum_k x_k * s * (q_k - z) = s * (2**b * sum_k x_k * v_k - (2**b + z) * sum_k x_k), so a weight
   costs one shift, one mask|or and one FMA. Products go to per-lane accumulators [16, BLOCK_N] (no
   cross-thread reduction inside the loop; one at the end).
-- M = 2..16, padded to 16 rows: tl.dot on q - z = 2**b * v - (2**b + z), a small integer that is exact
-  in fp16/bf16, so W is never rounded.
+- M = 2..16, padded to 2, 4 or 16 rows (block_m_for): tl.dot on q - z = 2**b * v - (2**b + z), a small
+  integer that is exact in fp16/bf16, so W is never rounded.
 Either way the result is W applied exactly, summed in fp32. SPLIT_K > 1 adds fp32 partials into a
 zeroed fp32 buffer with atomics.
 """
@@ -81,7 +81,8 @@ def _gemv_splitk_kernel(
 
 
 def block_m_for(m: int) -> int:
-    """Rows handled per program: per-lane FMAs for M <= 4, tl.dot (which needs 16 rows) above."""
+    """Rows handled per program: 1 (per-lane FMAs), else tl.dot on 2 or 4 rows for M <= 4 and 16 above
+    (compile_check compiles all three for sm_80/sm_90)."""
     if not 1 <= m <= 16:
         raise ValueError(f"gemv_splitk handles 1 <= M <= 16 rows, got M={m}; use gemm_tiled")
     return triton.next_power_of_2(m) if m <= 4 else 16

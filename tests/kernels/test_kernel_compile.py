@@ -13,7 +13,7 @@ import pytest
 SCRIPT = """
 import json
 from vlmq_gptqmodel.kernels import compile_check
-picked = [("gemv_splitk M=1", 3, 90, False), ("gemv_splitk M=1", 3, 80, True), ("gemv_splitk M=2-16", 2, 80, True),
+picked = [("gemv_splitk M=1", 3, 90, False), ("gemv_splitk M=1", 3, 80, True), ("gemv_splitk M=5-16", 2, 80, True),
           ("gemm_tiled M=17-32", 3, 80, True), ("gemm_tiled M=65+", 4, 90, False), ("dequant (fallback)", 2, 90, True)]
 reports = [dict(compile_check.compile_variant(v, arch).__dict__, act_order=act_order)
            for name, bits, arch, act_order in picked for v in compile_check.variants(bits, act_order=act_order)

@@ -102,6 +102,13 @@ def llava_image_tokens(tile: int, height: int, width: int) -> int:
     return side * side + rows * cols + rows
 
 
+def full_budget_image_size(arch: str, image_size: int) -> int:
+    """Side of the square images that get the whole token budget of a model built with `image_size`:
+    that size itself for Qwen-VL (images are resized to it), two tiles for LLaVA-OneVision (the 2x2 grid)."""
+    image_tokens_per_image(arch, image_size)
+    return 2 * image_size if arch == LLAVA_OV else image_size
+
+
 def _llava_pinpoints(tile: int) -> list:
     return [[tile * h, tile * w] for h, w in LLAVA_GRID]
 

@@ -9,14 +9,16 @@ The module tree is LLaVA's (GPTQModel's `LlavaQModel`, which this extends): SigL
 `multi_modal_projector` and a Qwen2 `language_model` under `model`, `lm_head` at the root. What
 LLaVA-OneVision adds on top:
 - `model.image_newline`, a bare parameter of `LlavaOnevisionModel` (no submodule carries it): with
-  GPTQModel's meta-shell loading (offload_to_disk=True) it is materialized from the checkpoint with the
-  other direct tensors of `model`, and it is moved with the vision tower for input capture and back;
-- anyres inputs: `image_sizes` (num_images, 2) and `batch_num_images` (batch,) must reach the model as
-  integer tensors of their own shape (GPTQModel's generic capture move unsqueezes every 1-D tensor);
+  GPTQModel's meta-shell loading (offload_to_disk=True, its default) nothing would load it and the
+  capture forward fails on a meta tensor, so `model` is listed for the direct-tensor materialization of
+  the input-capture stage; it is moved with the vision tower for input capture and back;
+- anyres inputs: `image_sizes` (num_images, 2) and `batch_num_images` (batch,) reach the model as the
+  integer tensors the processor made (GPTQModel's generic capture move unsqueezes every 1-D tensor,
+  which would turn `batch_num_images` [B] into [1, B]; transformers 5.23 happens to accept that at B = 1);
 - checkpoint names: released checkpoints and transformers' save_pretrained keep the legacy layout
   (`language_model.model.*`, `language_model.lm_head`, `vision_tower[.vision_model].*`,
-  `multi_modal_projector.*`, `image_newline`); the lazy loader is given every spelling. GPTQModel saves
-  the quantized model under its runtime names (`model.language_model.layers.*`, `model.image_newline`,
+  `multi_modal_projector.*`, `image_newline`), which the lazy loader must find. GPTQModel saves the
+  quantized model under its runtime names (`model.language_model.layers.*`, `model.image_newline`,
   `lm_head`), which transformers and GPTQModel load back unchanged.
 """
 from __future__ import annotations
@@ -43,19 +45,18 @@ class LlavaOnevisionQModel(LlavaQModel):
     """LLaVA-OneVision (SigLIP + projector + image_newline + Qwen2); only the Qwen2 decoder is quantized."""
 
     # model.image_newline is a parameter of `model` itself: the input-capture stage materializes such direct
-    # tensors (stage_inputs_capture.py:307) for the modules listed here
+    # tensors (looper/stage_inputs_capture.py:307) of the modules listed here
     modules_with_direct_meta_tensors = ["model"]
 
-    # runtime -> checkpoint names for the lazy loader, which tries the runtime name, then each renaming
-    # applied in turn (utils/structure.py `_runtime_to_checkpoint_alias_candidates`); SigLIP towers were
-    # saved with and without the `vision_model.` level, so both are offered
+    # runtime -> checkpoint names for the lazy loader. It tries the runtime name, the name without the
+    # base-model prefix `model.` (which finds `vision_tower.*`, `multi_modal_projector.*`, `image_newline` of
+    # the legacy layout) and these renamings applied in turn (utils/structure.py
+    # `_runtime_to_checkpoint_alias_candidates`). The released checkpoints nest SigLIP under `vision_model.`;
+    # transformers 5.23's save_pretrained does not.
     HF_CONVERSION_MAP_REVERSED = (
         _renaming(r"^lm_head", r"language_model.lm_head"),
         _renaming(r"^model\.language_model\.(.+)$", r"language_model.model.\1"),
-        _renaming(r"^model\.vision_tower\.(.+)$", r"vision_tower.\1"),
         _renaming(r"^model\.vision_tower\.(.+)$", r"vision_tower.vision_model.\1"),
-        _renaming(r"^model\.multi_modal_projector\.(.+)$", r"multi_modal_projector.\1"),
-        _renaming(r"^model\.image_newline$", r"image_newline"),
     )
 
     def _place_image_newline(self, device) -> None:

@@ -111,6 +111,10 @@ def _reload_and_generate(src, out_dir):
     new = generated[0, enc["input_ids"].shape[1]:]
     assert 1 <= len(new) <= 4 and int(new.max()) < len(proc.tokenizer)
     fp = AutoModelForImageTextToText.from_pretrained(src, dtype=torch.float32)
+    for name in ("model.image_newline", "model.vision_tower.embeddings.patch_embedding.weight",
+                 "model.multi_modal_projector.linear_2.weight", "lm_head.weight"):  # loaded, not initialized
+        ours = quant.model.get_parameter(name)
+        assert torch.equal(ours.detach().cpu(), fp.get_parameter(name).detach().to(ours.dtype)), name
     with torch.no_grad():
         ref = fp(**enc).logits[0, -1].float()
         got = quant.model(**enc).logits[0, -1].float()

@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random Qwen-VL models built from configs (no hub), calibration from the
+"""Shared fixtures: tiny random Qwen-VL and LLaVA-OneVision models built from configs (no hub), calibration from the
 project's synthetic world, and a cached quantize-and-save helper."""
 import os
 
@@ -20,6 +20,9 @@ from vlmq_gptqmodel.synth.tiny_vlm import save_tiny_vlm  # noqa: E402
 from vlmq_gptqmodel.synth.world import calibration_conversations  # noqa: E402
 
 TEST_IMAGE_SIZE = 112  # 16 image tokens (qwen2/2.5-VL), a clear share of each ~40-token sample
+# qwen3-VL merges 32 px patches; LLaVA-OneVision's size is its tile side: 28 px tiles give the synthetic
+# world's images 24 image tokens (4 for the base tile, 16 for the 2x2 grid, 4 image_newline)
+TEST_IMAGE_SIZES = {"qwen3_vl": 128, "llava_onevision": 28}
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +32,7 @@ def tiny_vlm(tmp_path_factory):
 
     def get(arch: str = "qwen2_vl"):
         if arch not in made:
-            size = 128 if arch == "qwen3_vl" else TEST_IMAGE_SIZE  # qwen3-VL merges 32 px patches
+            size = TEST_IMAGE_SIZES.get(arch, TEST_IMAGE_SIZE)
             made[arch] = save_tiny_vlm(tmp_path_factory.mktemp(arch), arch, image_size=size, seed=0)
         return made[arch]
 

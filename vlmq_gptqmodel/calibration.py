@@ -1,5 +1,6 @@
 """Calibration data: the paper's ShareGPT4V / COCO-caption records, read with `datasets`, turned into
-the chat conversations GPTQModel's Qwen-VL path consumes, and fitted to a maximum sequence length.
+the chat conversations GPTQModel's Qwen-VL and LLaVA(-OneVision) paths consume, and fitted to a maximum
+sequence length (the paper's is per family: `families.Family.calibration_length`).
 
 A record is `{"image": <path | PIL image | datasets Image>, "conversations": [{"from": "human",
 "value": "<image>\\nDescribe ..."}, {"from": "gpt", "value": "A man ..."}]}`; `{"image": ..., "caption":
@@ -22,7 +23,7 @@ ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assi
 
 
 def conversation(image, prompt: str, answer: str) -> list:
-    """One image+text calibration sample in GPTQModel's Qwen-VL chat format."""
+    """One image+text calibration sample in GPTQModel's chat format (Qwen-VL's; LLaVA's reads the same)."""
     return [
         {"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": prompt}]},
         {"role": "assistant", "content": [{"type": "text", "text": answer}]},
@@ -143,6 +144,7 @@ class FitReport:
     truncated: List[int] = field(default_factory=list)      # text tail cut, vision segment intact
     dropped: List[int] = field(default_factory=list)        # vision segment would be cut: removed
     unfittable: List[int] = field(default_factory=list)     # chat-template tokens alone exceed the limit
+    shortest_dropped: Optional[int] = None                  # tokens up to the end of a dropped sample's vision segment, least
 
     def __str__(self) -> str:
         text = (f"calibration: kept {self.kept} samples ({len(self.truncated)} with their text shortened), "
@@ -167,6 +169,7 @@ def fit_to_length(conversations: Iterable[list], processor, max_length: int):
         last_vision = max((p for p, t in enumerate(ids) if t in vision_ids), default=-1)
         if last_vision + 1 > max_length:
             report.dropped.append(i)
+            report.shortest_dropped = min(last_vision + 1, report.shortest_dropped or last_vision + 1)
             continue
         if len(ids) > max_length:
             conv = _shorten_text(processor, conv, max_length)
@@ -180,7 +183,8 @@ def fit_to_length(conversations: Iterable[list], processor, max_length: int):
 
 
 def _token_ids(processor, conv) -> List[int]:
-    # the same template call as GPTQModel's Qwen-VL prepare_dataset, so lengths match what it feeds
+    # the same template call as GPTQModel's Qwen-VL prepare_dataset, so lengths match what it feeds (its LLaVA
+    # prepare_dataset tokenizes inside apply_chat_template, which gives the same ids: tests/core/test_calibration.py)
     text = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
     images = [_open(item["image"]) for turn in conv for item in turn["content"] if item.get("type") == "image"]
     return processor(text=[text], images=images or None, return_tensors="pt")["input_ids"][0].tolist()

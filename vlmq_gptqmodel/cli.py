@@ -25,6 +25,7 @@ from .config import (
     VLMQConfig,
 )
 from .errors import BadInput, RunFailed
+from .families import FAMILIES, family_of
 from .runner import DTYPES, PAPER_DAMP_PERCENT, QUANT_BITS, QuantSpec
 from .streams import METHODS
 
@@ -40,7 +41,7 @@ DEMO_IGNORES = ("model", "calib", "image_root", "split", "num_samples", "max_len
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vlmq", description="VLMQ post-training quantization for VLMs (GPTQModel)")
     sub = parser.add_subparsers(dest="command", required=True)
-    q = sub.add_parser("quantize", help="quantize a Qwen-VL model to a standard GPTQ checkpoint",
+    q = sub.add_parser("quantize", help="quantize a Qwen-VL or LLaVA-OneVision model to a standard GPTQ checkpoint",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     q.add_argument("--demo", action="store_true",
                    help="offline demo on the built-in demo model and synthetic data: GPTQ vs GPTAQ vs VLMQ")
@@ -50,8 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--image-root", help="folder that relative image paths in --calib are resolved against")
     q.add_argument("--split", default="train", help="split to use when --calib is a DatasetDict")
     q.add_argument("--num-samples", type=int, default=512, help="calibration samples (random subset, --seed)")
-    q.add_argument("--max-length", type=int, default=512,
-                   help="max tokens per sample: samples whose vision tokens would be cut are dropped")
+    q.add_argument("--max-length", type=int, default=None,
+                   help="max tokens per sample: samples whose vision tokens would be cut are dropped (default: the "
+                        "paper's length for the model's family, " + ", ".join(
+                            f"{f.name} {f.calibration_length}" for f in FAMILIES) + ")")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", help=f"output checkpoint directory (--demo default: {DEFAULT_DEMO_OUT})")
     q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -133,10 +136,11 @@ def run_quantize(args) -> int:
     from .output_dir import check_output_dir, staged_output
     from .runner import quantize_to_dir
 
-    check_model_dir(args.model)
+    config = check_model_dir(args.model)
     check_output_dir(args.out, args.overwrite)
     report_stale_staging(Path(args.out), args.remove_stale)
-    calib = load_calibration(args)
+    max_length = family_of(config["model_type"]).calibration_length if args.max_length is None else args.max_length
+    calib = load_calibration(args, max_length)
     with staged_output(args.out, args.overwrite) as stage:
         model = quantize_to_dir(args.model, calib, stage, spec, args.method, cfg)
     print_importance_summary(getattr(model, "vlmq_report", None))
@@ -166,7 +170,7 @@ def print_importance_summary(report) -> None:
         print("\n".join(format_report(layer) for layer in report))
 
 
-def load_calibration(args) -> list:
+def load_calibration(args, max_length: int) -> list:
     from transformers import AutoProcessor
 
     from .calibration import fit_to_length, load_records, records_to_conversations
@@ -175,10 +179,12 @@ def load_calibration(args) -> list:
     if args.num_samples < len(records):
         records = records.select(sorted(random.Random(args.seed).sample(range(len(records)), args.num_samples)))
     conversations = records_to_conversations(records, image_root=args.image_root)
-    kept, report = fit_to_length(conversations, AutoProcessor.from_pretrained(args.model), args.max_length)
+    kept, report = fit_to_length(conversations, AutoProcessor.from_pretrained(args.model), max_length)
     print(report)
     if not kept:
-        raise BadInput(f"no calibration sample fits --max-length {args.max_length}; raise it.")
+        shortest = (f" (the shortest vision segment ends at token {report.shortest_dropped})"
+                    if report.shortest_dropped is not None else "")
+        raise BadInput(f"no calibration sample fits --max-length {max_length}{shortest}; raise it.")
     return kept
 
 

@@ -23,6 +23,9 @@ class Family:
     attention: str = "self_attn"          # a decoder layer's self-attention module
     input_norm: str = "input_layernorm"   # the norm in front of it
     vision_token_fields: Tuple[str, ...] = ("image_token_id", "video_token_id")  # the image's first
+    # the paper's maximum calibration sequence length for the family (tokens); samples whose vision
+    # segment would be cut by it are dropped (calibration.fit_to_length)
+    calibration_length: int = 512
 
     def decoder_layers(self, hf_model):
         module = hf_model
@@ -47,7 +50,13 @@ class Family:
 
 
 QWEN_VL = Family("Qwen-VL", ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"))
-FAMILIES = (QWEN_VL,)
+# transformers' LlavaOnevisionForConditionalGeneration: SigLIP tower, projector, image_newline and a Qwen2
+# language model under `model.language_model`; its placeholder ids are the config's *_token_index fields.
+# GPTQModel 7.7.0 has no definition for it: glue/llava_onevision.py registers one.
+LLAVA_ONEVISION = Family("LLaVA-OneVision", ("llava_onevision",),
+                         vision_token_fields=("image_token_index", "video_token_index"),
+                         calibration_length=986)
+FAMILIES = (QWEN_VL, LLAVA_ONEVISION)
 SUPPORTED_MODEL_TYPES = tuple(t for family in FAMILIES for t in family.model_types)
 
 

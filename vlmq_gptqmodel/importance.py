@@ -133,6 +133,7 @@ def summarize(g: Sequence[Tensor], vision: Sequence[Tensor], valid: Optional[Seq
     mean = float(a.mean()) if a.numel() else 0.0
     return {
         "tokens": int(a.numel()),
+        "vision_tokens": int(vi.numel()),
         "cv": float(a.std() / a.mean()) if a.numel() > 1 and mean > 0 else 0.0,
         "effective_tokens": effective_tokens(a) if a.numel() else 0.0,
         "vision_mean": float(vi.mean()) if vi.numel() else None,

@@ -21,7 +21,7 @@ def read_config(model_dir, flag: str = "--model") -> dict:
 
 
 def check_model_dir(model_dir, flag: str = "--model") -> dict:
-    """config.json of a Qwen-VL model directory whose weight files are all present and readable."""
+    """config.json of a model directory of a supported type (families.py) whose weight files are all present and readable."""
     config = read_config(model_dir, flag)
     model_type = config.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:

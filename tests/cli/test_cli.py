@@ -100,3 +100,45 @@ def test_dtype_reaches_gptqmodel_load_and_bad_dtypes_are_named(tiny_vlm, calib_f
         cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, out, "--dtype", "float32"))
     assert seen["dtype"] is torch.float32
     assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("arch,length", [("qwen2_vl", 512), ("llava_onevision", 986)])
+def test_default_max_length_is_the_paper_length_of_the_model_family(tiny_vlm, calib_file, tmp_path, monkeypatch,
+                                                                    arch, length):
+    seen = []
+
+    def stop(args, max_length):
+        seen.append(max_length)
+        raise cli.BadInput("stop after the length is chosen")
+
+    monkeypatch.setattr(cli, "load_calibration", stop)
+    assert cli.main(_args(tiny_vlm(arch), calib_file, tmp_path / "a")) == 2
+    assert cli.main(_args(tiny_vlm(arch), calib_file, tmp_path / "b", "--max-length", "300")) == 2
+    assert seen == [length, 300]
+
+
+def test_llava_onevision_samples_whose_image_is_cut_are_refused_with_the_length_needed(tiny_vlm, calib_file, tmp_path,
+                                                                                      capsys):
+    out = tmp_path / "ckpt"
+    assert cli.main(_args(tiny_vlm("llava_onevision"), calib_file, out, "--max-length", "20")) == 2
+    captured = capsys.readouterr()
+    assert "dropped 4 whose vision tokens would be cut" in captured.out
+    # "<|im_start|> user", then the 24 image tokens of a synthetic image (28 px tiles, 2x2 grid)
+    assert "no calibration sample fits --max-length 20 (the shortest vision segment ends at token 26)" in captured.err
+    assert not out.exists() and _leftovers(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_quantize_llava_onevision_with_the_l2_norm(tiny_vlm, calib_file, tmp_path, capsys):
+    """The paper's LLaVA-OneVision variant (l2) through the command, at the family's default length."""
+    from safetensors import safe_open
+
+    out = tmp_path / "ckpt"
+    assert cli.main(_args(tiny_vlm("llava_onevision"), calib_file, out, "--norm", "l2", "--dtype", "float32")) == 0
+    qc = json.loads((out / "quantize_config.json").read_text())
+    assert qc["format"] == "gptq" and qc["meta"]["vlmq"]["norm"] == "l2"
+    assert qc["meta"]["vlmq"]["precursor"] == "gptaq"
+    assert "kept 4 samples" in capsys.readouterr().out
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        keys = set(f.keys())
+    assert "model.language_model.layers.1.self_attn.o_proj.qweight" in keys and "model.image_newline" in keys

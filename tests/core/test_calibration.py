@@ -75,8 +75,12 @@ def test_bad_sources_name_the_problem(image_dir):
         records_to_conversations(load_records(path))
 
 
-def test_samples_whose_vision_tokens_would_be_cut_are_dropped_and_others_shortened(tiny_vlm):
-    processor = AutoProcessor.from_pretrained(str(tiny_vlm("qwen2_vl")))
+ARCHS = ["qwen2_vl", "llava_onevision"]
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_samples_whose_vision_tokens_would_be_cut_are_dropped_and_others_shortened(tiny_vlm, arch):
+    processor = AutoProcessor.from_pretrained(str(tiny_vlm(arch)))
     image = Image.new("RGB", (112, 112), "white")
     image_first = conversation(image, "describe the image .", "a red circle and a blue square")
     text_first = [
@@ -92,6 +96,7 @@ def test_samples_whose_vision_tokens_would_be_cut_are_dropped_and_others_shorten
     assert max(i for i, t in enumerate(text_first_ids) if t == processor.image_token_id) >= limit  # vision cut
     kept, report = fit_to_length([image_first, text_first, image_first], processor, limit)
     assert report.dropped == [1] and report.truncated == [0, 2] and report.kept == 2
+    assert report.shortest_dropped == max(i for i, t in enumerate(text_first_ids) if t == processor.image_token_id) + 1
     for conv in kept:
         new_ids = token_ids(processor, conv)
         assert len(new_ids) <= limit
@@ -99,8 +104,21 @@ def test_samples_whose_vision_tokens_would_be_cut_are_dropped_and_others_shorten
     assert "dropped 1" in str(report)
 
 
-def test_samples_within_the_limit_are_untouched(tiny_vlm):
-    processor = AutoProcessor.from_pretrained(str(tiny_vlm("qwen2_vl")))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_samples_within_the_limit_are_untouched(tiny_vlm, arch):
+    processor = AutoProcessor.from_pretrained(str(tiny_vlm(arch)))
     conv = conversation(Image.new("RGB", (112, 112), "white"), "describe the image .", "a red circle")
     kept, report = fit_to_length([conv], processor, 512)
-    assert kept == [conv] and report.dropped == [] and report.truncated == []
+    assert kept == [conv] and report.dropped == [] and report.truncated == [] and report.shortest_dropped is None
+
+
+@pytest.mark.parametrize("size", [(112, 112), (30, 90), (200, 60)])
+def test_llava_onevision_lengths_are_the_ones_gptqmodel_feeds(tiny_vlm, size):
+    """GPTQModel's LLaVA prepare_dataset tokenizes inside apply_chat_template (definitions/llava.py); the length
+    rule measures with the template text and the processor: the same ids, anyres image tokens included."""
+    processor = AutoProcessor.from_pretrained(str(tiny_vlm("llava_onevision")))
+    conv = conversation(Image.new("RGB", size, "white"), "describe the image .", "a red circle")
+    fed = processor.apply_chat_template([conv], add_generation_prompt=True, tokenize=True, return_dict=True,
+                                        return_tensors="pt")
+    assert token_ids(processor, conv) == fed["input_ids"][0].tolist()
+    assert fed["input_ids"][0].tolist().count(processor.image_token_id) > 4  # the anyres grid, not one tile

@@ -104,4 +104,4 @@ def test_summary_reports_modality_means():
     g = [torch.tensor([[0.5, 0.5, 2.0]])]
     vision = [torch.tensor([[True, True, False]])]
     s = summarize(g, vision)
-    assert s["tokens"] == 3 and s["vision_mean"] == 0.5 and s["text_mean"] == 2.0 and s["min"] == 0.5
+    assert s["tokens"] == 3 and s["vision_tokens"] == 2 and s["vision_mean"] == 0.5 and s["text_mean"] == 2.0 and s["min"] == 0.5

@@ -1,4 +1,5 @@
-"""Tiny Qwen-VL builders: tokenizer/processor/config agree, and saved models work with transformers and GPTQModel."""
+"""Tiny Qwen-VL and LLaVA-OneVision builders: tokenizer/processor/config agree, and saved models work with
+transformers and GPTQModel."""
 import json
 import os
 
@@ -110,6 +111,69 @@ def test_saved_model_is_deterministic_and_loads_with_transformers(tmp_path):
     assert not torch.allclose(logits[0, -1], blank[0, -1])
 
 
+def test_llava_onevision_tokenizer_has_its_placeholders_and_qwen_chat_tokens():
+    tok = tiny_vlm.build_tokenizer(VOCAB, "llava_onevision")
+    ids = tok.convert_tokens_to_ids(list(tiny_vlm.LLAVA_SPECIAL_TOKENS) + list(VOCAB))
+    assert len(set(ids)) == len(ids) and tok.unk_token_id not in ids[len(tiny_vlm.LLAVA_SPECIAL_TOKENS):]
+    assert tok.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD) == tok.unk_token_id  # no Qwen-VL placeholders
+    conv = _conversation(_image(56, 0), "what colour is the circle ?")
+    text = tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
+    assert text.startswith("<|im_start|>user\n<image>what colour") and text.endswith("<|im_start|>assistant\n")
+    with pytest.raises(ValueError, match="whitespace or special"):
+        tiny_vlm.build_tokenizer(["<image>"])
+    with pytest.raises(ValueError, match="llava_onevision special tokens"):
+        tiny_vlm.special_token_ids(tiny_vlm.build_tokenizer(VOCAB), "llava_onevision")
+
+
+@pytest.mark.parametrize("height,width", [(28, 28), (56, 56), (224, 224), (40, 100), (100, 40), (30, 200)])
+def test_llava_onevision_processor_gives_the_anyres_token_count(height, width):
+    tok = tiny_vlm.build_tokenizer(VOCAB, "llava_onevision")
+    proc = tiny_vlm.build_processor(tok, "llava_onevision", 28)
+    image = Image.new("RGB", (width, height), "white")
+    text = proc.apply_chat_template(_conversation(image), tokenize=False, add_generation_prompt=True)
+    enc = proc(text=[text], images=[image], return_tensors="pt")
+    count = enc["input_ids"][0].tolist().count(tok.convert_tokens_to_ids(tiny_vlm.LLAVA_IMAGE))
+    assert count == tiny_vlm.llava_image_tokens(28, height, width)
+    assert enc["image_sizes"].dtype == torch.long and enc["image_sizes"][0].tolist() == [height, width]
+    assert tiny_vlm.llava_image_tokens(28, 224, 224) == tiny_vlm.image_tokens_per_image("llava_onevision", 28) == 24
+
+
+def test_llava_onevision_image_size_is_a_tile_of_whole_patches():
+    tok = tiny_vlm.build_tokenizer(VOCAB, "llava_onevision")
+    with pytest.raises(ValueError, match="multiple of the patch size 14"):
+        tiny_vlm.build_processor(tok, "llava_onevision", 30)
+    with pytest.raises(ValueError, match="tiny_llava_onevision_config"):
+        tiny_vlm.tiny_config("llava_onevision", 10, image_token_id=1, video_token_id=2, vision_start_token_id=3,
+                             vision_end_token_id=4, eos_token_id=5, pad_token_id=6, bos_token_id=7)
+    assert tiny_vlm.full_budget_image_size("llava_onevision", 28) == 56
+    assert tiny_vlm.full_budget_image_size("qwen2_vl", 112) == 112
+
+
+def test_saved_llava_onevision_loads_and_its_image_reaches_the_language_model(tmp_path):
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from vlmq_gptqmodel.families import LLAVA_ONEVISION
+
+    src = tiny_vlm.save_tiny_vlm(tmp_path / "ov", "llava_onevision", seed=0)
+    model = AutoModelForImageTextToText.from_pretrained(src)
+    proc = AutoProcessor.from_pretrained(src)
+    assert type(model).__name__ == "LlavaOnevisionForConditionalGeneration"
+    assert type(proc).__name__ == "LlavaOnevisionProcessor"
+    cfg, tok = model.config, proc.tokenizer
+    assert cfg.image_token_index == tok.convert_tokens_to_ids(tiny_vlm.LLAVA_IMAGE)
+    assert LLAVA_ONEVISION.vision_token_ids(cfg) == [cfg.image_token_index, cfg.video_token_index]
+    assert cfg.text_config.model_type == "qwen2" and cfg.vision_config.model_type == "siglip_vision_model"
+    assert len(LLAVA_ONEVISION.decoder_layers(model)) == cfg.text_config.num_hidden_layers
+    assert model.model.image_newline.shape == (cfg.text_config.hidden_size,)
+
+    image = _image(60, 0)
+    text = proc.apply_chat_template(_conversation(image), tokenize=False, add_generation_prompt=True)
+    with torch.no_grad():
+        logits = model(**proc(text=[text], images=[image], return_tensors="pt")).logits
+        other = model(**proc(text=[text], images=[_image(60, 1)], return_tensors="pt")).logits
+    assert torch.isfinite(logits).all() and not torch.allclose(logits[0, -1], other[0, -1])
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", tiny_vlm.SUPPORTED_ARCHS)
 def test_gptqmodel_quantize_save_reload_generate(arch, tmp_path):
@@ -127,7 +191,7 @@ def test_gptqmodel_quantize_save_reload_generate(arch, tmp_path):
         keys = set(f.keys())
     assert "model.language_model.layers.0.self_attn.q_proj.qweight" in keys
     assert "model.language_model.layers.1.mlp.down_proj.scales" in keys
-    assert not any(k.startswith("model.visual") and k.endswith("qweight") for k in keys)
+    assert all(k.startswith("model.language_model.layers.") for k in keys if k.endswith("qweight"))
 
     quant = GPTQModel.load(str(tmp_path / "q"), device="cpu")
     proc = AutoProcessor.from_pretrained(tmp_path / "q")

@@ -1,4 +1,5 @@
-"""How `import vlmq_gptqmodel` adds `method=` / `vlmq=` to GPTQModel's `BaseQModel.quantize`.
+"""How `import vlmq_gptqmodel` adds `method=` / `vlmq=` to GPTQModel's `BaseQModel.quantize` (and
+registers the LLaVA-OneVision model definition, glue/llava_onevision.py, at the same moment).
 
 The wrap happens at once if gptqmodel is already imported, otherwise the moment it finishes importing (a
 one-shot import hook), after checking its version. So importing this package stays light (`vlmq --help` needs neither torch nor
@@ -24,11 +25,16 @@ def install_when_gptqmodel_loads() -> None:
 
 
 def install() -> None:
-    """Wrap `BaseQModel.quantize` (idempotent); another gptqmodel version than the pinned one is refused."""
+    """Wrap `BaseQModel.quantize` and register the model definitions GPTQModel lacks (LLaVA-OneVision,
+    glue/llava_onevision.py); idempotent. Another gptqmodel version than the pinned one is refused."""
     from . import check_gptqmodel_version
 
     check_gptqmodel_version()
     from gptqmodel.models.base import BaseQModel
+
+    from .llava_onevision import register
+
+    register()
 
     original = BaseQModel.quantize
     if getattr(original, "__vlmq_wrapped__", None) is not None:

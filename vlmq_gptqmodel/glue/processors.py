@@ -18,6 +18,8 @@ from typing import Callable, Dict, List, Optional
 
 import torch
 
+from gptqmodel.utils.attn_mask import normalize_seq_mask
+
 from ..config import ATTENTION_PROJECTIONS, VLMQConfig
 from ..families import Family
 from ..layer_importance import LayerStreams, format_report, layer_importance
@@ -76,7 +78,9 @@ class VLMQRun:
                 f"VLMQ: layer {layer_index} has {len(fp)} FP batches, {len(quant)} quantized-path batches "
                 f"and {len(self.vision)} calibration batches; they must match one to one."
             )
-        keep = [None if m is None else m.to(torch.bool) for m in attention_masks] if attention_masks else [None] * len(quant)
+        # the keep mask [B, S] GPTQModel derives from each batch's mask when it replays the layer: None, the 2D
+        # mask of its Qwen-VL capture, or the 4D causal mask transformers builds for eager attention (LLaVA-OneVision)
+        keep = [normalize_seq_mask(m) for m in attention_masks] if attention_masks else [None] * len(quant)
         for b, (x, v) in enumerate(zip(quant, self.vision)):
             if tuple(x.shape[:2]) != tuple(v.shape):
                 raise RuntimeError(f"VLMQ: batch {b} has {tuple(x.shape[:2])} hidden rows but {tuple(v.shape)} tokens")

@@ -60,6 +60,13 @@ class TokenWeightedGPTAQ(_TokenWeighting, GPTAQ):
         # (partner - G X) (G X)^T. Partner G X_fp gives (X_fp - X) G^2 X^T (the asymmetric term weighted
         # like H); partner G X + s G^-1 (X_fp - X) gives s (X_fp - X) X^T (every token alike).
         native = self.native_inps[0]
+        if native.shape != inp.shape:
+            # the FP stream's hooks see the keep-masked rows [N, C] when the layer is given a mask (GPTQModel's
+            # _masked_hook_wrapper); at batch_size=1 without padding they are the same rows in the same order
+            if native.numel() != inp.numel():
+                raise RuntimeError(f"VLMQ: the full-precision input {tuple(native.shape)} of {self.name} does not "
+                                   f"pair with its quantized-path input {tuple(inp.shape)}; use batch_size=1.")
+            native = native.reshape(inp.shape)
         if self.residual_scale is None:
             self.native_inps[0] = weight_tokens(native, g)
         else:

@@ -86,18 +86,20 @@ def test_dequant_matmul_fallback(bits, dtype):
     assert violations(out, unpacked, x, bias.to(dtype), ulps=2) == 0
 
 
-def test_general_fp16_scales_within_weight_rounding():
-    """Scales with all 11 fp16 bits: the tiled GEMM rounds W to bf16 (as TorchLinear does), so the
-    bound adds one bf16 unit roundoff per |x_k * w_k|; the GEMV keeps W exact."""
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])  # fp16 too: the interpreter truncates to bf16
+def test_general_fp16_scales_within_weight_rounding(dtype):
+    """Scales with all 11 fp16 bits: the tiled GEMM rounds W to the activation dtype (as TorchLinear does), so
+    the bound adds one unit roundoff of that dtype per |x_k * w_k|; the GEMV keeps W exact."""
+    unit_roundoff = OUTPUT_ULP[dtype] / 2
     unpacked = synthetic_gptq(3, 160, 96, 32, True, seed=11)
     weights = layout.repack_for_kernels(unpacked).to(DEVICE)
-    x = torch.randn((33, 160), generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    x = torch.randn((33, 160), generator=torch.Generator().manual_seed(0)).to(dtype)
     expected = reference.linear(x, unpacked)
     magnitude = x.double().abs() @ reference.dequantize(unpacked).double().abs().t()
     gemm = gemm_tiled(x.to(DEVICE), weights, block_m=32, block_n=32).cpu().double()
-    assert ((gemm - expected).abs() <= 2.0 ** -7 * expected.abs() + 2.0 ** -8 * magnitude).all()
+    assert ((gemm - expected).abs() <= OUTPUT_ULP[dtype] * expected.abs() + unit_roundoff * magnitude).all()
     gemv = gemv_splitk(x[:1].to(DEVICE), weights).cpu().double()
-    assert ((gemv - expected[:1]).abs() <= 2.0 ** -7 * expected[:1].abs() + 2.0 ** -20 * magnitude[:1]).all()
+    assert ((gemv - expected[:1]).abs() <= OUTPUT_ULP[dtype] * expected[:1].abs() + 2.0 ** -20 * magnitude[:1]).all()
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])

@@ -77,6 +77,7 @@ def test_the_kernels_load_without_gptqmodel():
     assert _run(code) == "False"
 
 
+@pytest.mark.slow  # imports GPTQModel in a fresh process
 @pytest.mark.parametrize("order", ["package first", "gptqmodel first"])
 def test_quantize_gets_method_vlmq_in_either_import_order(order):
     imports = ["import vlmq_gptqmodel", "from gptqmodel.models.base import BaseQModel"]

@@ -94,8 +94,7 @@ def add_eval_command(subparsers) -> None:
     e = subparsers.add_parser(
         "eval", help="exact-match VQA accuracy (and KL vs an FP reference) on the synthetic world's eval split")
     e.add_argument("--model", default=None,
-                   help="FP model directory, GPTQ checkpoint directory or a shipped model's name (synthvlm, "
-                        "synthvlm-deep; default: synthvlm)")
+                   help="FP model directory, GPTQ checkpoint directory or a shipped model's name (default: synthvlm)")
     e.add_argument("--n", type=int, default=EVAL_IMAGES, help=f"evaluation images (about 5 questions each; default {EVAL_IMAGES})")
     e.add_argument("--reference", default=None, help="FP model directory for the answer-token KL")
     e.add_argument("--seed", type=int, default=0, help="evaluation split seed (default 0)")

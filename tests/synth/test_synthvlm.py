@@ -191,3 +191,11 @@ def test_missing_shipped_model_is_named_with_the_fix(monkeypatch, tmp_path):
     assert not evaluation.has_synthvlm()
     with pytest.raises(FileNotFoundError, match="train_synthvlm.py --export"):
         evaluation.synthvlm_dir()
+
+
+def test_model_arguments_name_shipped_models_or_directories(tmp_path):
+    assert evaluation.resolve_model(None) == evaluation.synthvlm_dir()
+    assert evaluation.resolve_model("synthvlm") == evaluation.synthvlm_dir("synthvlm")
+    assert evaluation.resolve_model(str(tmp_path)) == tmp_path  # a directory is taken as given
+    with pytest.raises(ValueError, match="not a shipped model"):
+        evaluation.synthvlm_dir("synthvlm-deep")  # not shipped until it passes the headroom test

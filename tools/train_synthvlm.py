@@ -54,7 +54,7 @@ from vlmq_gptqmodel.families import QWEN_VL
 from vlmq_gptqmodel.synth import tiny_vlm
 from vlmq_gptqmodel.synth.evaluation import evaluate
 from vlmq_gptqmodel.synth.world import (
-    CAPTION_PROMPT, FINAL_STAGE, WORLD_IMAGE_SIZE, WORLDS, Scene, assistant_turn, make_sample, user_turn,
+    CAPTION_PROMPT, WORLD_IMAGE_SIZE, WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
 )
 from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
 from vlmq_gptqmodel.synth.world.scene import SceneText
@@ -71,7 +71,7 @@ ARCH = tiny_vlm.SYNTHVLM_ARCH
 PRESETS = {
     "synthvlm": {},
     "deep": dict(world="deep", image_size=WORLD_IMAGE_SIZE["deep"], layers=8, batch_size=24,
-                 max_minutes=170.0, out="runs/deep"),
+                 max_stage_steps=400, max_minutes=170.0, out="runs/deep"),
 }
 
 
@@ -193,7 +193,7 @@ class CurriculumStream:
 
     def __init__(self, args, counters=None):
         self.args = args
-        self.counters = counters or {s: 0 for s in range(1, FINAL_STAGE + 1)}
+        self.counters = counters or {s: 0 for s in range(1, final_stage(args.world) + 1)}
 
     def batch(self, stage: int, rng: np.random.Generator):
         """batch_size single-question conversations (rows), their images, scenes and question subjects,
@@ -350,7 +350,7 @@ def blanked(samples, image_size: int, seed: int):
 def validate(model, processor, args, stage: int) -> dict:
     model.eval()
     report = {}
-    for s in sorted({stage, FINAL_STAGE}):
+    for s in sorted({stage, final_stage(args.world)}):
         samples = [make_sample("train", i, VALIDATION_SEED, image_size=args.image_size, stage=s, world=args.world)
                    for i in range(args.val_samples)]
         real = evaluate(model, processor, samples)
@@ -413,11 +413,11 @@ def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type
 
 def next_stage(state: dict, stage_accuracy: float, args) -> None:
     """Advance when the current stage is learned (or has had its step budget); the last stage has a fixed length."""
-    stage = state["stage"]
-    if stage < FINAL_STAGE and (stage_accuracy >= args.advance_at
+    stage, last = state["stage"], final_stage(args.world)
+    if stage < last and (stage_accuracy >= args.advance_at
                                 or state["step"] - state["stage_start"] >= args.max_stage_steps):
         state["stage"], state["stage_start"] = stage + 1, state["step"]
-        if stage + 1 == FINAL_STAGE:
+        if stage + 1 == last:
             state["final_start"] = state["step"]
 
 

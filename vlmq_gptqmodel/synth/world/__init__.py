@@ -8,11 +8,13 @@ from vlmq_gptqmodel.synth.world.samples import (
     DEFAULT_IMAGE_SIZE, WORLD_IMAGE_SIZE, Sample, assistant_turn, calibration_conversations, caption_conversation, make_sample,
     make_samples, user_turn,
 )
-from vlmq_gptqmodel.synth.world.scene import DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLDS, Scene, Stage
+from vlmq_gptqmodel.synth.world.scene import (
+    DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLDS, Scene, Stage, final_stage,
+)
 from vlmq_gptqmodel.synth.world.vocab import VOCAB
 
 __all__ = [
     "CAPTION_PROMPT", "DEFAULT_IMAGE_SIZE", "DEFAULT_WORLD", "FINAL_STAGE", "QA", "QUESTION_KINDS", "STAGES", "Sample", "Scene",
-    "Stage", "VOCAB", "WORLDS", "WORLD_IMAGE_SIZE", "assistant_turn", "calibration_conversations", "caption", "caption_conversation",
+    "Stage", "VOCAB", "WORLDS", "WORLD_IMAGE_SIZE", "assistant_turn", "calibration_conversations", "caption", "caption_conversation", "final_stage",
     "make_sample", "make_samples", "questions", "user_turn",
 ]

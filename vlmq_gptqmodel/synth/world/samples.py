@@ -8,7 +8,7 @@ from PIL import Image
 
 from vlmq_gptqmodel.synth.world.language import CAPTION_PROMPT, QA, caption, questions
 from vlmq_gptqmodel.synth.world.render import render_scene
-from vlmq_gptqmodel.synth.world.scene import DEFAULT_WORLD, FINAL_STAGE, WORLDS, Scene, get_stage, sample_scene
+from vlmq_gptqmodel.synth.world.scene import DEFAULT_WORLD, WORLDS, Scene, final_stage, get_stage, sample_scene
 
 # 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
 DEFAULT_IMAGE_SIZE = 224
@@ -32,7 +32,7 @@ def sample_rng(split: str, seed: int, index: int, stage: int | None,
     drawn. The default world keeps the stream it always had; other worlds add their own entropy word."""
     if split not in SPLIT_STREAMS:
         raise ValueError(f"split={split!r} is not one of {tuple(SPLIT_STREAMS)}")
-    stage_number = FINAL_STAGE if stage is None else stage
+    stage_number = final_stage(world) if stage is None else stage
     words = [SPLIT_STREAMS[split], seed, stage_number, index]
     if world != DEFAULT_WORLD:
         words.append(100 + list(WORLDS).index(world))

@@ -6,7 +6,8 @@ Parts (--parts; each resumes from quality.json, so a long run can be done in pie
 - attention-only:  the same methods quantizing only q/k/v/o (MLP kept FP), where VLMQ's token weighting acts;
 - sweep:           64-1024 calibration samples at W3/W2 g128, with Kish's effective sample size of G;
 - ablations:       the paper's ablations as VLMQConfig switches (Tables 5-8, MBQ-style modality weights);
-- gptaq-study:     why VLMQ(gptaq) may not beat GPTAQ: GPTAQ's alpha and the weighting of its asymmetric term.
+- gptaq-study:     why VLMQ(gptaq) may not beat GPTAQ: GPTAQ's alpha and the weighting of its asymmetric term;
+- engine:          what the vLLM/SGLang-ready export (act-order off, true zero points) costs against act-order.
 
 Every quantized model is saved as a GPTQ checkpoint and scored on --split: the held-out evaluation split
 (never used for training, calibration or any choice), or `select`, a split of its own on which settings may
@@ -42,6 +43,7 @@ from vlmq_gptqmodel.synth.evaluation import (
     encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model, world_of,
 )
 from vlmq_gptqmodel.synth.rtn_baseline import apply_rtn
+from vlmq_gptqmodel.engines import DEFAULT_TARGET, ENGINES
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.synth.stats import lower_share, paired_difference, top_share
 from vlmq_gptqmodel.synth.world import calibration_conversations
@@ -51,7 +53,8 @@ RESULTS = RESULTS_ROOT / "quality"
 SERVE_DTYPE = {"dequantized": torch.float32, "gptqmodel": torch.bfloat16}
 SERVED = {"dequantized": "each saved checkpoint's weights dequantized and scored in fp32, as is FP",
           "gptqmodel": "each saved checkpoint loaded by GPTQModel (TorchLinear) and scored in bf16, as is FP"}
-PARTS = ("main", "attention-only", "sweep", "ablations", "gptaq-study")
+PARTS = ("main", "attention-only", "sweep", "ablations", "gptaq-study", "engine")
+ENGINE_LABEL = "{} (vllm)"  # a main-part method quantized with target="vllm"
 # Held-out questions (of the scored split, not calibration tokens) on which each decoder layer's output
 # error is measured, over vision and text tokens apart.
 LAYER_ERROR_QUESTIONS = 32
@@ -171,12 +174,12 @@ class Bench:
             self.record(name, evaluate(model, self.processor, self.samples, reference_logits=self.fp), seconds=None)
 
     def quantized(self, name: str, bits: int, group: int, seed: int, calib: int, method: str, cfg, *,
-                  attention_only: bool = False, alpha: float = 0.25) -> None:
+                  attention_only: bool = False, alpha: float = 0.25, target: str = DEFAULT_TARGET) -> None:
         if name in self.runs:
             return
         conversations = calibration_conversations(calib, seed=seed, image_size=self.size, world=self.world)
         spec = QuantSpec(bits=bits, group_size=group, dtype=self.args.dtype, attention_only=attention_only,
-                         gptaq_alpha=alpha)
+                         gptaq_alpha=alpha, target=target, desc_act=target not in ENGINES)
         with tempfile.TemporaryDirectory() as tmp:
             start = time.perf_counter()
             model = quantize_to_dir(self.model_dir, conversations, Path(tmp), spec, method, cfg)
@@ -433,6 +436,9 @@ def parse_args(argv=None):
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
     p.add_argument("--study-settings", default="w2g128")
     p.add_argument("--study-seeds", default="0,1,2")
+    p.add_argument("--engine-settings", default="w3g128,w2g128")
+    p.add_argument("--engine-seeds", default="0,1,2")
+    p.add_argument("--engine-methods", default="GPTQ,VLMQ(gptaq)")
     p.add_argument("--results", default=None,
                    help="folder for quality.json/.md/.png (default benchmarks/results/quality/<model>[-select]); "
                         "runs already in its quality.json are reused")
@@ -449,8 +455,10 @@ def parse_args(argv=None):
         raise SystemExit("--calib and --eval must be at least 1")
     args.parts = parts
     args.methods = [m for m in args.methods.split(",") if m]
-    if not args.methods or set(args.methods) - set(MAIN):
-        raise SystemExit(f"--methods: give a comma-separated subset of {tuple(MAIN)}")
+    args.engine_methods = [m for m in args.engine_methods.split(",") if m]
+    for flag, methods in (("--methods", args.methods), ("--engine-methods", args.engine_methods)):
+        if not methods or set(methods) - set(MAIN):
+            raise SystemExit(f"{flag}: give a comma-separated subset of {tuple(MAIN)}")
     if args.results is None:
         name = Path(args.model).name if args.model else "synthvlm"
         args.results = str(RESULTS / (name + ("-select" if args.split == "select" else "")))
@@ -464,6 +472,8 @@ def main(argv=None) -> None:
     sweep_settings = [parse_setting(s) for s in args.sweep_settings.split(",")]
     abl_settings = [parse_setting(s) for s in args.ablation_settings.split(",")]
     study_settings = [parse_setting(s) for s in args.study_settings.split(",")]
+    engine_settings = [parse_setting(s) for s in args.engine_settings.split(",")]
+    engine_seeds = parse_ints(args.engine_seeds, "engine-seeds")
     seeds, sizes = parse_ints(args.seeds, "seeds"), parse_ints(args.sweep_sizes, "sweep-sizes")
     sweep_seeds, abl_seeds = parse_ints(args.sweep_seeds, "sweep-seeds"), parse_ints(args.ablation_seeds, "ablation-seeds")
     study_seeds = parse_ints(args.study_seeds, "study-seeds")
@@ -507,12 +517,21 @@ def main(argv=None) -> None:
                 for name, (method, cfg, alpha) in study.items():
                     bench.quantized(key("study", args.calib, bits, group, name, seed), bits, group, seed,
                                     args.calib, method, cfg, alpha=alpha)
+    if "engine" in args.parts:  # the act-order runs it is compared with are the main part's, same seeds
+        for seed in engine_seeds:
+            for bits, group in engine_settings:
+                for label in args.engine_methods:
+                    method, cfg = MAIN[label]
+                    for name, target in ((label, DEFAULT_TARGET), (ENGINE_LABEL.format(label), ENGINES[0])):
+                        bench.quantized(key("main", args.calib, bits, group, name, seed), bits, group, seed,
+                                        args.calib, method, cfg, target=target)
     write_report(bench, args, settings, attn_settings, sweep_settings, sizes, abl_settings, study_settings,
-                 seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study)
+                 seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study, engine_settings, engine_seeds)
 
 
 def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, abl_settings, study_settings,
-                 seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study) -> None:
+                 seeds, attn_seeds, sweep_seeds, abl_seeds, study_seeds, abl, study, engine_settings,
+                 engine_seeds) -> None:
     runs, calib = bench.runs, args.calib
     results = Path(args.results)
     model = bench.identity["model"]
@@ -557,6 +576,16 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                              + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
                                 ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
         text += layer_error_section(runs, "study", calib, study_settings, study_seeds, list(study))
+    engine_labels = [label for label in MAIN if any(k.startswith("main|") and f"|{ENGINE_LABEL.format(label)}|" in k
+                                                    for k in runs)]
+    if engine_labels:
+        pairs = [(ENGINE_LABEL.format(label), label) for label in engine_labels]
+        text += [f"\n## The vLLM/SGLang-ready export: act-order off, true zero points (seeds {engine_seeds})\n",
+                 "`vlmq quantize --target vllm` (or sglang): what the engines' 2-4-bit route (humming) can read. "
+                 "Each row pair has the same calibration seeds; the paired difference is the export's cost.\n",
+                 variant_rows(runs, "main", calib, engine_settings, engine_seeds, [x for pair in pairs for x in pair[::-1]]),
+                 "\n### Engine-ready minus act-order\n",
+                 paired_rows(runs, "main", calib, engine_settings, engine_seeds, pairs)]
     text += ["\n" + reproduce_line("quality.py") + "\n"]
     write_text(results / "quality.md", "\n".join(text))
     print("\n".join(text))

@@ -1,4 +1,4 @@
-"""The `vlmq` command: `vlmq quantize ...`, `vlmq quantize --demo`, `vlmq eval ...`.
+"""The `vlmq` command: `vlmq quantize ...`, `vlmq quantize --demo`, `vlmq eval ...`, `vlmq check ...`.
 
 Exit codes: 0 success; 2 refused before any work (bad arguments, input or settings: BadInput and the
 argparse usage errors); 1 the run started and failed (RunFailed, an OS error); 128 + signal number when
@@ -24,6 +24,7 @@ from .config import (
     RESIDUALS,
     VLMQConfig,
 )
+from .engines import DEFAULT_TARGET, ENGINE_VERSIONS, ENGINES, TARGETS
 from .errors import BadInput, RunFailed
 from .families import FAMILIES, family_of
 from .runner import DTYPES, PAPER_DAMP_PERCENT, QUANT_BITS, QuantSpec
@@ -65,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--bits", type=int, choices=QUANT_BITS, default=3)
     q.add_argument("--group-size", type=int, default=128)
     q.add_argument("--no-desc-act", dest="desc_act", action="store_false", help="disable act-order")
+    q.add_argument("--target", choices=TARGETS, default=DEFAULT_TARGET,
+                   help="who serves the checkpoint: gptqmodel, or vllm / sglang (their 2-4-bit route, "
+                        f"{ENGINE_VERSIONS}: act-order off, true zero points, vision tower excluded)")
     q.add_argument("--sym", action="store_true", help="symmetric quantization (default: asymmetric)")
     q.add_argument("--damp-percent", type=float, default=PAPER_DAMP_PERCENT)
     q.add_argument("--gptaq-alpha", type=float, default=0.25)
@@ -86,6 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--random-seed", type=int, default=0, help="--importance random: seed (VLMQConfig.seed)")
     q.set_defaults(func=run_quantize, demo_ignored_defaults={dest: q.get_default(dest) for dest in DEMO_IGNORES})
     add_eval_command(sub)
+    c = sub.add_parser("check", help="check that a saved GPTQ checkpoint means the same weights in vLLM/SGLang")
+    c.add_argument("checkpoint", help="a checkpoint directory saved by vlmq quantize or GPTQModel")
+    c.add_argument("--target", choices=ENGINES, default=ENGINES[0])
+    c.set_defaults(func=run_check)
     return parser
 
 
@@ -112,9 +120,9 @@ def vlmq_config(args) -> VLMQConfig:
 
 
 def quant_spec(args) -> QuantSpec:
-    return QuantSpec(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act, sym=args.sym,
-                     damp_percent=args.damp_percent, gptaq_alpha=args.gptaq_alpha, device=args.device,
-                     dtype=args.dtype)
+    return QuantSpec(bits=args.bits, group_size=args.group_size, desc_act=args.desc_act and args.target not in ENGINES,
+                     sym=args.sym, damp_percent=args.damp_percent, gptaq_alpha=args.gptaq_alpha, device=args.device,
+                     dtype=args.dtype, target=args.target)
 
 
 def run_quantize(args) -> int:
@@ -143,7 +151,19 @@ def run_quantize(args) -> int:
     with staged_output(args.out, args.overwrite) as stage:
         model = quantize_to_dir(args.model, calib, stage, spec, args.method, cfg)
     print_importance_summary(getattr(model, "vlmq_report", None))
-    print(f"wrote a standard GPTQ checkpoint (W{spec.bits} g{spec.group_size}, {args.method}) to {args.out}")
+    served = "GPTQModel" if spec.target not in ENGINES else f"GPTQModel and {ENGINE_VERSIONS}"
+    print(f"wrote a standard GPTQ checkpoint (W{spec.bits} g{spec.group_size}, {args.method}) to {args.out}; "
+          f"served by {served}")
+    return 0
+
+
+def run_check(args) -> int:
+    from .engines import check_engine_ready
+    from .model_dir import read_config
+
+    read_config(args.checkpoint, "checkpoint")
+    check_engine_ready(args.checkpoint, args.target)
+    print(f"{args.checkpoint}: ready for {args.target} ({ENGINE_VERSIONS})")
     return 0
 
 

@@ -26,6 +26,10 @@ class Family:
     # the paper's maximum calibration sequence length for the family (tokens); samples whose vision
     # segment would be cut by it are dropped (calibration.fit_to_length)
     calibration_length: int = 512
+    # regex (re.match, from the start of a module name) for the modules GPTQModel leaves in full
+    # precision outside the decoder layers: the vision tower and projector. An engine-ready export names
+    # them in a negative `dynamic` rule, which is how vLLM's humming route learns to skip them (engines.py).
+    unquantized_modules: str = r".*visual.*"
 
     def decoder_layers(self, hf_model):
         module = hf_model
@@ -55,7 +59,7 @@ QWEN_VL = Family("Qwen-VL", ("qwen2_vl", "qwen2_5_vl", "qwen3_vl"))
 # GPTQModel 7.7.0 has no definition for it: glue/llava_onevision.py registers one.
 LLAVA_ONEVISION = Family("LLaVA-OneVision", ("llava_onevision",),
                          vision_token_fields=("image_token_index", "video_token_index"),
-                         calibration_length=986)
+                         calibration_length=986, unquantized_modules=r".*(vision_tower|multi_modal_projector).*")
 FAMILIES = (QWEN_VL, LLAVA_ONEVISION)
 SUPPORTED_MODEL_TYPES = tuple(t for family in FAMILIES for t in family.model_types)
 

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Optional
 
 from .config import VLMQConfig
+from .engines import DEFAULT_TARGET, ENGINES, check_target, engine_fields, engine_problems
+from .errors import RunFailed
+from .families import Family
 from .streams import StreamPlan
 
 QUANT_BITS = (2, 3, 4, 8)  # the widths GPTQModel packs (the Triton kernels serve 2-4: kernels/layout.py)
@@ -31,6 +34,9 @@ class QuantSpec:
     # quantize only the attention projections (q/k/v/o) and keep every MLP linear in full precision: the
     # ablation that isolates VLMQ's token weighting, which acts on q/k/v/o only, from MLP error
     attention_only: bool = False
+    # who serves the checkpoint: "gptqmodel", or "vllm" / "sglang" (their humming route: act-order off,
+    # true zero points, the vision tower excluded by a dynamic rule; engines.py)
+    target: str = DEFAULT_TARGET
     extra: dict = field(default_factory=dict)  # any other QuantizeConfig field
 
     def torch_dtype(self):
@@ -42,11 +48,17 @@ class QuantSpec:
             raise ValueError(f"dtype={self.dtype!r}: choose one of {('auto',) + DTYPES}")
         return getattr(torch, self.dtype)
 
-    def quantize_config(self, gptaq: bool):
+    def quantize_config(self, gptaq: bool, family: Optional[Family] = None):
         from gptqmodel import QuantizeConfig
         from gptqmodel.quantization.config import GPTAQConfig
 
+        check_target(self.target, self.desc_act)
         extra = dict(self.extra)
+        if self.target in ENGINES:
+            if family is None:
+                raise ValueError(f"target={self.target!r} needs the model's family (its vision modules are excluded)")
+            fields = engine_fields(family, self.sym)
+            extra = {**fields, **extra, "dynamic": {**fields["dynamic"], **extra.get("dynamic", {})}}
         if self.attention_only:
             extra["dynamic"] = {**KEEP_MLP_FP, **extra.get("dynamic", {})}
         return QuantizeConfig(
@@ -61,9 +73,14 @@ def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: O
     """Load `model_dir` with GPTQModel and quantize it with `method` in BASELINES or "vlmq"."""
     from gptqmodel import GPTQModel
 
+    from .families import family_of
+    from .model_dir import read_config
+
     vlmq = (vlmq or VLMQConfig()) if method == "vlmq" else None
     plan = StreamPlan.of(method, vlmq)
-    model = GPTQModel.load(str(model_dir), spec.quantize_config(plan.gptaq_quantizer), dtype=spec.torch_dtype())
+    family = family_of(read_config(model_dir).get("model_type")) if spec.target in ENGINES else None
+    model = GPTQModel.load(str(model_dir), spec.quantize_config(plan.gptaq_quantizer, family),
+                           dtype=spec.torch_dtype())
     kwargs = {"method": "vlmq", "vlmq": vlmq} if vlmq is not None else {}
     model.quantize(calibration, batch_size=1, **kwargs)
     return model
@@ -73,4 +90,7 @@ def quantize_to_dir(model_dir, calibration, out_dir: Path, spec: QuantSpec, meth
                     vlmq: Optional[VLMQConfig] = None):
     model = quantize_model(model_dir, calibration, spec, method, vlmq)
     model.save(str(out_dir))
+    problems = engine_problems(out_dir) if spec.target in ENGINES else []
+    if problems:  # the settings above should make this impossible; never hand over a checkpoint that is wrong
+        raise RunFailed(f"the {spec.target} export is not engine-ready: {'; '.join(problems)}. This is a bug.")
     return model

@@ -142,3 +142,16 @@ def test_quantize_llava_onevision_with_the_l2_norm(tiny_vlm, calib_file, tmp_pat
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         keys = set(f.keys())
     assert "model.language_model.layers.1.self_attn.o_proj.qweight" in keys and "model.image_newline" in keys
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["qwen2_vl", "llava_onevision"])
+def test_target_vllm_writes_an_engine_ready_checkpoint(tiny_vlm, calib_file, tmp_path, capsys, arch):
+    """Act-order off, true zero points, and every full-precision linear (vision tower, projector) excluded."""
+    out = tmp_path / "ckpt"
+    assert cli.main(_args(tiny_vlm(arch), calib_file, out, "--target", "vllm", "--dtype", "float32")) == 0
+    quant = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert quant["desc_act"] is False and quant["checkpoint_format"] == "gptq_v2"
+    assert "served by GPTQModel and vLLM" in capsys.readouterr().out
+    assert cli.main(["check", str(out), "--target", "sglang"]) == 0
+    assert "ready for sglang" in capsys.readouterr().out

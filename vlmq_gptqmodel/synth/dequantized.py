@@ -27,8 +27,9 @@ def checkpoint_weights(qdir) -> dict[str, torch.Tensor]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{qdir} has no quantize_config.json: pass a directory written by GPTQModel's save()")
     qcfg = json.loads(config_path.read_text())
-    if qcfg.get("format", "gptq") != "gptq":
-        raise ValueError(f"{qdir} is in format {qcfg['format']!r}; only the 'gptq' format is supported here")
+    fmt = qcfg.get("format", "gptq")
+    if fmt not in ("gptq", "gptq_v2"):
+        raise ValueError(f"{qdir} is in format {fmt!r}; only 'gptq' and 'gptq_v2' are supported here")
     bits, group_size = qcfg["bits"], qcfg["group_size"]
     tensors = {}
     for path in sorted(qdir.glob("*.safetensors")):
@@ -36,7 +37,9 @@ def checkpoint_weights(qdir) -> dict[str, torch.Tensor]:
     weights = {}
     for name in (k.removesuffix(".qweight") for k in tensors if k.endswith(".qweight")):
         scales, g_idx = tensors[f"{name}.scales"], tensors[f"{name}.g_idx"]
-        qzeros = from_saved_qzeros(tensors[f"{name}.qzeros"], bits)
+        qzeros = tensors[f"{name}.qzeros"]  # gptq_v2: true zero points as stored
+        if fmt == "gptq":
+            qzeros = from_saved_qzeros(qzeros, bits)
         codes = unpack_gptq(tensors[f"{name}.qweight"], qzeros, scales, g_idx, bits, group_size,
                             in_features=g_idx.numel(), out_features=scales.shape[1])
         weights[name] = dequantize(codes)

@@ -1,6 +1,8 @@
 """Latency of one quantized linear layer of Qwen2-VL-7B (the paper's Table 11 shapes), in one run:
-FP16 F.linear, the VLMQ W2/W3 Triton kernels, GPTQModel's TorchLinear, its Triton path (2-bit) and
-Marlin (4-bit, symmetric, as a reference point), all on the same GPU with the same activations.
+FP16 F.linear, the VLMQ W2/W3 Triton kernels, humming-kernels 0.1.19 (the route vLLM 0.33 and SGLang 0.5.23
+serve 2-4-bit GPTQ through), GPTQModel's TorchLinear, its Triton path (2-bit) and Marlin (4-bit, symmetric,
+as a reference point), all on the same GPU with the same activations. The optional peers (GPTQModel,
+humming-kernels) are timed where they import and run, and listed as unavailable (with the reason) otherwise.
 
 Method: CUDA events around one call, after warm-up, with the L2 cache flushed before every
 repetition (a write of twice its size) and a short GPU-side spin before the start event, so that the
@@ -181,6 +183,23 @@ def gptqmodel_layer(cls, unpacked, device, **kwargs):
     return module.eval()
 
 
+def humming_layer(unpacked, device):
+    """humming-kernels' GPTQ layer (vLLM 0.33 / SGLang 0.5.23's 2-4-bit route, engines.py) holding `unpacked`:
+    true zero points and static groups, as `vlmq quantize --target vllm` saves them. JIT-compiles on CUDA."""
+    from humming.layer import HummingLayer
+
+    from vlmq_gptqmodel.kernels.layout import pack_gptq
+
+    k, n = unpacked.codes.shape
+    config = {"quant_method": "gptq", "bits": unpacked.bits, "group_size": unpacked.group_size, "desc_act": False,
+              "sym": False}
+    layer = HummingLayer(shape_n=n, shape_k=k, weight_config=config, torch_dtype=torch.float16).to(device)
+    layer.load_from_tensors({name: tensor.to(device=device, dtype=torch.float16 if name == "scales" else tensor.dtype)
+                             for name, tensor in pack_gptq(unpacked).items()})
+    layer.transform()
+    return layer
+
+
 def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
     """Every method for one shape and width, each with the weight it computes with."""
     from vlmq_gptqmodel.kernels import VLMQQuantLinear, dispatch, layout, reference
@@ -197,6 +216,14 @@ def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
             f"VLMQ W{bits} {algorithm}",
             lambda x, a=algorithm: dispatch.quantized_matmul(x, vlmq.kernel_weights(), None, algorithm=a),
             vlmq_bytes, weight))
+    label = f"humming-kernels W{bits} (vLLM/SGLang)"
+    try:
+        found.append(Candidate(label, humming_layer(unpacked, device), int(gptq_bytes_per_weight(bits, GROUP_SIZE) * k * n),
+                               weight))
+    except ImportError as error:  # an optional peer: installed from the registries or .whl/ where it can be
+        print(f"humming-kernels is not compared: {error}", file=sys.stderr)
+    except Exception as error:  # installed but cannot run here (e.g. no nvcc for its JIT): reported, not faked
+        found.append(Candidate(label, None, 0, unavailable=f"unavailable: {type(error).__name__}: {error}"))
     try:
         from gptqmodel.nn_modules.qlinear.torch import TorchLinear
     except ImportError as error:  # the kernels need only torch and Triton; GPTQModel's peers are optional

@@ -89,6 +89,11 @@ def ablations(base: VLMQConfig) -> dict:
     return out
 
 
+STUDY_PARTS = {"attention-only": "study-attn", "all": "study"}  # --study-scope -> its runs' part name
+# study variants that are the attention-only part's own runs (same config and seeds): reused, not rerun
+STUDY_SAME_AS_ATTN = {"GPTAQ alpha=0.25": "GPTAQ", "VLMQ(gptaq) alpha=0.25": "VLMQ(gptaq)"}
+
+
 def gptaq_study() -> dict:
     """label -> (method, VLMQ config, GPTAQ alpha): the precursor and VLMQ(gptaq) at other alphas, and VLMQ
     with the asymmetric term left unweighted (H weighted only)."""
@@ -436,6 +441,9 @@ def parse_args(argv=None):
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
     p.add_argument("--study-settings", default="w2g128")
     p.add_argument("--study-seeds", default="0,1,2")
+    p.add_argument("--study-scope", choices=tuple(STUDY_PARTS), default="attention-only",
+                   help="what the GPTAQ study quantizes: q/k/v/o only (where VLMQ's weighting acts and its gap to "
+                        "GPTAQ was measured) or every linear")
     p.add_argument("--engine-settings", default="w3g128,w2g128")
     p.add_argument("--engine-seeds", default="0,1,2")
     p.add_argument("--engine-methods", default="GPTQ,VLMQ(gptaq)")
@@ -512,11 +520,17 @@ def main(argv=None) -> None:
                     bench.quantized(key("abl", args.calib, bits, group, name, seed), bits, group, seed, args.calib,
                                     "vlmq", cfg)
     if "gptaq-study" in args.parts:
+        part, attention_only = STUDY_PARTS[args.study_scope], args.study_scope == "attention-only"
         for seed in study_seeds:
             for bits, group in study_settings:
                 for name, (method, cfg, alpha) in study.items():
-                    bench.quantized(key("study", args.calib, bits, group, name, seed), bits, group, seed,
-                                    args.calib, method, cfg, alpha=alpha)
+                    name_key = key(part, args.calib, bits, group, name, seed)
+                    same = key("attn", args.calib, bits, group, STUDY_SAME_AS_ATTN.get(name, ""), seed)
+                    if attention_only and name_key not in bench.runs and same in bench.runs:
+                        bench.runs[name_key] = bench.runs[same]
+                        continue
+                    bench.quantized(name_key, bits, group, seed, args.calib, method, cfg, alpha=alpha,
+                                    attention_only=attention_only)
     if "engine" in args.parts:  # the act-order runs it is compared with are the main part's, same seeds
         for seed in engine_seeds:
             for bits, group in engine_settings:
@@ -567,15 +581,17 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                  f"{part_minutes(runs, 'abl'):.0f} min)\n",
                  "The unablated rows are the main part's.\n",
                  ablation_rows(runs, calib, abl_settings, abl_seeds, args.ablation_precursor, list(abl))]
-    if any(k.startswith("study|") for k in runs):
-        text += [f"\n## GPTAQ study (seeds {study_seeds}; {part_minutes(runs, 'study'):.0f} min)\n",
-                 variant_rows(runs, "study", calib, study_settings, study_seeds, list(study)),
+    for scope, part in STUDY_PARTS.items():
+        if not any(k.startswith(part + "|") for k in runs):
+            continue
+        text += [f"\n## GPTAQ study, {scope} (seeds {study_seeds}; {part_minutes(runs, part):.0f} min)\n",
+                 variant_rows(runs, part, calib, study_settings, study_seeds, list(study)),
                  "\n### Paired\n",
-                 paired_rows(runs, "study", calib, study_settings, study_seeds,
+                 paired_rows(runs, part, calib, study_settings, study_seeds,
                              [(f"VLMQ(gptaq) alpha={a}", f"GPTAQ alpha={a}") for a in (0.1, 0.25, 0.5)]
                              + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
                                 ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
-        text += layer_error_section(runs, "study", calib, study_settings, study_seeds, list(study))
+        text += layer_error_section(runs, part, calib, study_settings, study_seeds, list(study))
     engine_labels = [label for label in MAIN if any(k.startswith("main|") and f"|{ENGINE_LABEL.format(label)}|" in k
                                                     for k in runs)]
     if engine_labels:

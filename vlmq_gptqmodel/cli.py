@@ -211,7 +211,7 @@ def run_inspect(args) -> int:
     sample = conversation(image, args.question, args.answer)
     g = run_and_capture(args.model, sample, spec, cfg, layer, projection, extra)
     save_png(draw_g(image, g.grid, g.vision, g.text, g.image_position,
-                    title(g, spec, cfg, f"{Path(args.image).name}, {args.question!r}")), out)
+                    title(g, spec, cfg, f"{Path(args.image).name}, {args.question!r}", 1 + len(extra))), out)
     hottest = max(range(len(g.vision)), key=g.vision.__getitem__)
     row, col = divmod(hottest, g.grid[1])
     print(f"wrote {out}: G at layer {layer} {projection} ({g.policy}) of a VLMQ run calibrated on the sample"

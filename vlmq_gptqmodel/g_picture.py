@@ -134,6 +134,8 @@ def _strip(out: Image.Image, at, vision, text, image_position: int, hottest: flo
         # a name too close to the previous one moves up, so the two stay readable
         label_y.append(min(y - 6, label_y[-1] - 13) if label_y and abs(y - 6 - label_y[-1]) < 13 else y - 6)
         draw.text((right + 4, label_y[-1]), name, fill=REFERENCE_COLOUR, font=font)
+    if min(label_y) > y0 + 12:  # a text token's bar is the tallest: name the strip's top
+        draw.text((right + 4, y0 - 6), f"top: {top:.3g}", fill="black", font=font)
 
 
 def _short(label: str) -> str:

@@ -136,10 +136,11 @@ def run_and_capture(model_dir, sample: list, spec, cfg: VLMQConfig, layer: int, 
     return capture(model, recorder, sample, layer, projection, AutoTokenizer.from_pretrained(str(model_dir)))
 
 
-def title(sample_g: SampleG, spec, cfg: VLMQConfig, what: str) -> List[str]:
+def title(sample_g: SampleG, spec, cfg: VLMQConfig, what: str, n_calibration: int) -> List[str]:
     """The picture's title lines: what was drawn and from which run."""
+    samples = "1 calibration sample" if n_calibration == 1 else f"{n_calibration} calibration samples"
     return [
         f"G of {what} at decoder layer {sample_g.layer}, {sample_g.projection} ({sample_g.policy})",
-        f"from a VLMQ({cfg.precursor}) W{spec.bits} g{spec.group_size} run: g normalized to mean 1 over its "
-        f"calibration tokens, floored at {cfg.min_weight:g}",
+        f"from a VLMQ({cfg.precursor}) W{spec.bits} g{spec.group_size} run on {samples}: g normalized to mean 1 "
+        f"over their tokens, floored at {cfg.min_weight:g}",
     ]

@@ -32,21 +32,23 @@ def _args(image, out, *extra, model=None):
 
 
 @pytest.fixture(scope="module")
-def inspected(scene, tmp_path_factory):
-    """One real run: the shipped model, W3 g128 VLMQ(gptaq) in float32, calibrated on the scene alone (module
-    scope, so capsys cannot read its output)."""
+def inspected(scene, tmp_path_factory, calibration_images):
+    """One real run: the shipped model, W3 g128 VLMQ(gptaq) in float32, calibrated on the scene and two
+    captioned calibration images (module scope, so capsys cannot read its output)."""
+    calib = tmp_path_factory.mktemp("calib")
+    (calib / "calib.json").write_text(json.dumps(calibration_images(calib, 2)))
     out = tmp_path_factory.mktemp("inspect") / "g.png"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         code = cli.main(_args(scene[1], out, "--answer", "cross", "--layer", "2", "--projection", "v_proj",
-                              "--dtype", "float32"))
+                              "--dtype", "float32", "--calib", str(calib / "calib.json"), "--image-root", str(calib)))
     return code, out, printed.getvalue()
 
 
 @pytest.mark.slow
 def test_the_png_is_written_with_the_heat_map_and_the_strip(inspected):
     code, out, printed = inspected
-    assert code == 0 and f"wrote {out}" in printed
+    assert code == 0 and f"wrote {out}" in printed and "calibrated on the sample and 2 more" in printed
     assert [p.name for p in out.parent.iterdir()] == ["g.png"]
     with Image.open(out) as picture:
         assert picture.format == "PNG"

@@ -31,3 +31,17 @@ def test_a_recorder_needs_method_vlmq_and_must_be_a_grecorder(tiny_vlm, calib):
         model.quantize(calib, vlmq_record=GRecorder(layers=(1,), projections=("q_proj",)))
     with pytest.raises(TypeError, match="GRecorder"):
         model.quantize(calib, method="vlmq", vlmq_record={"layers": (1,)})
+
+
+def test_inspect_maps_qwen3_vl_tokens_onto_its_32_px_patch_grid(tiny_vlm):
+    """Qwen3-VL merges 32 px patches (Qwen2-VL 28 px): the 128 px test image is 4 x 4 vision tokens."""
+    from vlmq_gptqmodel.inspect_g import conversation, run_and_capture
+    from vlmq_gptqmodel.synth.world import make_samples
+
+    sample = make_samples("calib", 1, seed=0, image_size=128)[0]
+    g = run_and_capture(tiny_vlm("qwen3_vl"), conversation(sample.image, "describe the image .", sample.caption),
+                        QuantSpec(bits=4, group_size=32), VLMQConfig(), 1, "k_proj")
+    assert g.grid == (4, 4) and len(g.vision) == 16 and g.policy == "gradient"
+    assert [t for t, _ in g.text][g.image_position - 1:g.image_position + 2] == ["<|vision_start|>", "<|vision_end|>",
+                                                                                  "describe"]
+    assert max(g.vision) > 1.5 * min(g.vision)

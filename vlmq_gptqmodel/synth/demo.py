@@ -75,7 +75,7 @@ def draw_g_of_first_sample(model, recorder: GRecorder, sample: list, processor, 
     image = sample[0]["content"][0]["image"]
     name = f"g-layer{layer}-{projection}.png"
     save_png(draw_g(image, g.grid, g.vision, g.text, g.image_position,
-                    title(g, spec, vlmq, "demo calibration sample 0")), stage / name)
+                    title(g, spec, vlmq, "demo calibration sample 0", len(recorder.batches))), stage / name)
     return name
 
 

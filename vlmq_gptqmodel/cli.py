@@ -47,8 +47,27 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--demo", action="store_true",
                    help="offline demo on the built-in demo model and synthetic data: GPTQ vs GPTAQ vs VLMQ")
     q.add_argument("--model", help="model directory (a local save_pretrained folder)")
-    q.add_argument("--calib", help="calibration records: .json/.jsonl (ShareGPT4V / COCO-caption) or a "
-                                   "datasets save_to_disk folder")
+    add_calibration_flags(q, "calibration records")
+    q.add_argument("--out", help=f"output checkpoint directory (--demo default: {DEFAULT_DEMO_OUT})")
+    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    q.add_argument("--remove-stale", action="store_true",
+                   help="delete staging folders of --out left by killed runs (otherwise they are only listed)")
+    q.add_argument("--method", choices=METHODS, default="vlmq",
+                   help="vlmq, or one of GPTQModel's own baselines for comparison")
+    add_run_flags(q)
+    q.set_defaults(func=run_quantize, demo_ignored_defaults={dest: q.get_default(dest) for dest in DEMO_IGNORES})
+    add_eval_command(sub)
+    add_inspect_command(sub)
+    c = sub.add_parser("check", help="check that a saved GPTQ checkpoint means the same weights in vLLM/SGLang")
+    c.add_argument("checkpoint", help="a checkpoint directory saved by vlmq quantize or GPTQModel")
+    c.add_argument("--target", choices=ENGINES, default=ENGINES[0])
+    c.set_defaults(func=run_check)
+    return parser
+
+
+def add_calibration_flags(q, what: str) -> None:
+    q.add_argument("--calib", help=f"{what}: .json/.jsonl (ShareGPT4V / COCO-caption) or a datasets "
+                                   "save_to_disk folder")
     q.add_argument("--image-root", help="folder that relative image paths in --calib are resolved against")
     q.add_argument("--split", default="train", help="split to use when --calib is a DatasetDict")
     q.add_argument("--num-samples", type=int, default=512, help="calibration samples (random subset, --seed)")
@@ -57,12 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "paper's length for the model's family, " + ", ".join(
                             f"{f.name} {f.calibration_length}" for f in FAMILIES) + ")")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--out", help=f"output checkpoint directory (--demo default: {DEFAULT_DEMO_OUT})")
-    q.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    q.add_argument("--remove-stale", action="store_true",
-                   help="delete staging folders of --out left by killed runs (otherwise they are only listed)")
-    q.add_argument("--method", choices=METHODS, default="vlmq",
-                   help="vlmq, or one of GPTQModel's own baselines for comparison")
+
+
+def add_run_flags(q) -> None:
+    """The quantization and VLMQ settings of a run (QuantSpec and VLMQConfig), shared by quantize and inspect."""
     q.add_argument("--bits", type=int, choices=QUANT_BITS, default=3)
     q.add_argument("--group-size", type=int, default=128)
     q.add_argument("--no-desc-act", dest="desc_act", action="store_false", help="disable act-order")
@@ -88,13 +105,6 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--random-ratio", type=float, default=0.5, help="--importance random: share of vision tokens down-weighted")
     q.add_argument("--random-factor", type=float, default=0.01, help="--importance random: their weight")
     q.add_argument("--random-seed", type=int, default=0, help="--importance random: seed (VLMQConfig.seed)")
-    q.set_defaults(func=run_quantize, demo_ignored_defaults={dest: q.get_default(dest) for dest in DEMO_IGNORES})
-    add_eval_command(sub)
-    c = sub.add_parser("check", help="check that a saved GPTQ checkpoint means the same weights in vLLM/SGLang")
-    c.add_argument("checkpoint", help="a checkpoint directory saved by vlmq quantize or GPTQModel")
-    c.add_argument("--target", choices=ENGINES, default=ENGINES[0])
-    c.set_defaults(func=run_check)
-    return parser
 
 
 def add_eval_command(subparsers) -> None:
@@ -109,6 +119,26 @@ def add_eval_command(subparsers) -> None:
     e.add_argument("--batch-size", type=int, default=None, help="questions per forward pass (default: the evaluator's)")
     e.add_argument("--json", default=None, help="also write the summary as JSON to this file")
     e.set_defaults(func=run_eval)
+
+
+def add_inspect_command(subparsers) -> None:
+    """`vlmq inspect --model DIR --image PATH --question TEXT --out g.png`: one sample's G as a run computed it."""
+    i = subparsers.add_parser(
+        "inspect", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        help="draw the token weights G that a VLMQ run computes for one image and question (Qwen-VL), as a PNG")
+    i.add_argument("--model", required=True, help="model directory (a local save_pretrained folder)")
+    i.add_argument("--image", required=True, help="the image (any format PIL reads)")
+    i.add_argument("--question", required=True, help="the user's text after the image")
+    i.add_argument("--answer", default=None, help="the assistant's reply: a calibration sample is a conversation")
+    i.add_argument("--layer", type=int, default=None,
+                   help="decoder layer (default: the middle one; layer 0's G is uniform under --layer0 uniform)")
+    i.add_argument("--projection", choices=ATTENTION_PROJECTIONS, default=None,
+                   help="whose G to draw (default: the first of --targets)")
+    i.add_argument("--out", required=True, help="the PNG to write")
+    i.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_calibration_flags(i, "more calibration records for the run besides the sample (default: the sample alone)")
+    add_run_flags(i)
+    i.set_defaults(func=run_inspect)
 
 
 def vlmq_config(args) -> VLMQConfig:
@@ -154,6 +184,39 @@ def run_quantize(args) -> int:
     served = "GPTQModel" if spec.target not in ENGINES else f"GPTQModel and {ENGINE_VERSIONS}"
     print(f"wrote a standard GPTQ checkpoint (W{spec.bits} g{spec.group_size}, {args.method}) to {args.out}; "
           f"served by {served}")
+    return 0
+
+
+def run_inspect(args) -> int:
+    from .inspect_g import check_png_out, check_request, conversation, read_image
+    from .model_dir import check_model_dir, is_quantized
+
+    cfg, spec = vlmq_config(args), quant_spec(args)  # validate settings before any heavy work
+    config = check_model_dir(args.model)
+    if is_quantized(config, args.model):
+        raise BadInput(f"--model {args.model} is a quantized checkpoint; inspect quantizes, so give the "
+                       "full-precision model it was made from.")
+    layer, projection = check_request(config, args.layer, args.projection, cfg)
+    if not args.question.strip():
+        raise BadInput("--question is empty; give the text that follows the image.")
+    image = read_image(args.image)
+    out = check_png_out(args.out, args.overwrite)
+    extra = []
+    if args.calib:
+        max_length = family_of(config["model_type"]).calibration_length if args.max_length is None else args.max_length
+        extra = load_calibration(args, max_length)
+    from .g_picture import draw_g, save_png
+    from .inspect_g import run_and_capture, title
+
+    sample = conversation(image, args.question, args.answer)
+    g = run_and_capture(args.model, sample, spec, cfg, layer, projection, extra)
+    save_png(draw_g(image, g.grid, g.vision, g.text, g.image_position,
+                    title(g, spec, cfg, f"{Path(args.image).name}, {args.question!r}", 1 + len(extra))), out)
+    hottest = max(range(len(g.vision)), key=g.vision.__getitem__)
+    row, col = divmod(hottest, g.grid[1])
+    print(f"wrote {out}: G at layer {layer} {projection} ({g.policy}) of a VLMQ run calibrated on the sample"
+          f"{f' and {len(extra)} more' if extra else ' alone'}; hottest image patch: row {row}, column {col} of "
+          f"{g.grid[0]}x{g.grid[1]} (g {g.vision[hottest]:.3g}; image mean {sum(g.vision) / len(g.vision):.3g})")
     return 0
 
 

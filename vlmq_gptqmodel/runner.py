@@ -69,8 +69,10 @@ class QuantSpec:
         )
 
 
-def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: Optional[VLMQConfig] = None):
-    """Load `model_dir` with GPTQModel and quantize it with `method` in BASELINES or "vlmq"."""
+def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: Optional[VLMQConfig] = None,
+                   record=None):
+    """Load `model_dir` with GPTQModel and quantize it with `method` in BASELINES or "vlmq".
+    record: a g_record.GRecorder that keeps the G of chosen layers (method "vlmq" only)."""
     from gptqmodel import GPTQModel
 
     from .families import family_of
@@ -82,13 +84,15 @@ def quantize_model(model_dir, calibration, spec: QuantSpec, method: str, vlmq: O
     model = GPTQModel.load(str(model_dir), spec.quantize_config(plan.gptaq_quantizer, family),
                            dtype=spec.torch_dtype())
     kwargs = {"method": "vlmq", "vlmq": vlmq} if vlmq is not None else {}
+    if record is not None:
+        kwargs["vlmq_record"] = record
     model.quantize(calibration, batch_size=1, **kwargs)
     return model
 
 
 def quantize_to_dir(model_dir, calibration, out_dir: Path, spec: QuantSpec, method: str,
-                    vlmq: Optional[VLMQConfig] = None):
-    model = quantize_model(model_dir, calibration, spec, method, vlmq)
+                    vlmq: Optional[VLMQConfig] = None, record=None):
+    model = quantize_model(model_dir, calibration, spec, method, vlmq, record)
     model.save(str(out_dir))
     problems = engine_problems(out_dir) if spec.target in ENGINES else []
     if problems:  # the settings above should make this impossible; never hand over a checkpoint that is wrong

@@ -2,7 +2,9 @@
 import json
 
 import pytest
+from PIL import Image
 
+from vlmq_gptqmodel.g_picture import picture_size
 from vlmq_gptqmodel.synth import demo
 from vlmq_gptqmodel.config import VLMQConfig
 from vlmq_gptqmodel.runner import QuantSpec
@@ -13,7 +15,11 @@ def test_demo_writes_three_checkpoints_and_compares_them(tiny_vlm, tmp_path, cap
     out = tmp_path / "demo"
     rows = demo.run_demo(out, QuantSpec(bits=3, group_size=32), VLMQConfig(), n_calib=3, n_eval=2,
                          model_dir=tiny_vlm("qwen2_vl"))
-    assert sorted(p.name for p in out.iterdir()) == ["gptaq", "gptq", "vlmq"]
+    # the tiny model has 2 decoder layers: G of layer 1, q_proj, as the VLMQ run computed it for calibration sample 0
+    assert sorted(p.name for p in out.iterdir()) == ["g-layer1-q_proj.png", "gptaq", "gptq", "vlmq"]
+    with Image.open(out / "g-layer1-q_proj.png") as picture:
+        # a square image and two title lines
+        assert picture.format == "PNG" and picture.height == picture_size((1, 1), 0, ["", ""])[1]
     meta = json.loads((out / "vlmq" / "quantize_config.json").read_text())["meta"]
     assert meta["vlmq"]["importance"] == "gradient" and "vlmq" not in json.loads(
         (out / "gptaq" / "quantize_config.json").read_text())["meta"]
@@ -25,3 +31,4 @@ def test_demo_writes_three_checkpoints_and_compares_them(tiny_vlm, tmp_path, cap
     assert rows["VLMQ (gptaq)"]["layers"][0] == pytest.approx(rows["GPTAQ"]["layers"][0], rel=1e-6)
     printed = capsys.readouterr().out
     assert "| VLMQ (gptaq) |" in printed
+    assert f"G of calibration sample 0 in the VLMQ run drawn in {out / 'g-layer1-q_proj.png'}" in printed

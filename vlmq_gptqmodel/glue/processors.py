@@ -22,6 +22,7 @@ from gptqmodel.utils.attn_mask import normalize_seq_mask
 
 from ..config import ATTENTION_PROJECTIONS, VLMQConfig
 from ..families import Family
+from ..g_record import GRecorder
 from ..layer_importance import LayerStreams, format_report, layer_importance
 from ..streams import StreamPlan
 from .guard import GuardedGPTQProcessor, GuardedNativeProcessor, RunGuard, guarded
@@ -34,12 +35,14 @@ class VLMQRun:
     """State shared by the processors of one `quantize(method="vlmq")` call."""
 
     def __init__(self, cfg: VLMQConfig, plan: StreamPlan, family: Family, vision_token_ids: List[int],
-                 rtn_weight_transform: Callable[[str, torch.Tensor], torch.Tensor]):
+                 rtn_weight_transform: Callable[[str, torch.Tensor], torch.Tensor],
+                 recorder: Optional[GRecorder] = None):
         self.cfg = cfg
         self.plan = plan
         self.family = family
         self.vision_token_ids = vision_token_ids
         self.rtn_weight_transform = rtn_weight_transform
+        self.recorder = recorder  # opt-in: keeps copies of chosen layers' G beyond their layer
         self.fp_inputs: Dict[int, List[torch.Tensor]] = {}
         self.vision: List[torch.Tensor] = []
         self.weights: Dict[int, Dict[str, List[torch.Tensor]]] = {}
@@ -49,6 +52,8 @@ class VLMQRun:
         """Remember which calibration tokens are vision tokens (GPTQModel's cache drops input_ids)."""
         ids = torch.tensor(self.vision_token_ids)
         self.vision = [torch.isin(batch["input_ids"].cpu(), ids) for batch in prepared_batches]
+        if self.recorder is not None:
+            self.recorder.record_batches(prepared_batches, self.vision)
         if not any(bool(v.any()) for v in self.vision):
             log.warning("VLMQ: no calibration sample holds an image (text-only calibration); VLMQ then weights "
                         "text tokens only and its vision-token weighting has nothing to act on. Calibrate with "
@@ -95,6 +100,8 @@ class VLMQRun:
             self.cfg, layer, layer_index, streams, device, self.rtn_weight_transform, self.family
         )
         report["seconds"] = time.perf_counter() - start
+        if self.recorder is not None:
+            self.recorder.record_layer(layer_index, self.weights[layer_index])
         self.reports.append(report)
         log.info(format_report(report))
 

@@ -19,6 +19,7 @@ from gptqmodel.quantization.config import GPTAQConfig
 
 from ..config import VLMQConfig
 from ..families import family_of
+from ..g_record import GRecorder
 from ..rtn import rtn_quantize_weight
 from .guard import RunGuard
 from .preflight import check_before_run
@@ -29,15 +30,19 @@ METHODS = ("gptq", "vlmq")  # what quantize(method=...) takes; GPTAQ is GPTQMode
 _RUN_LOCK = threading.Lock()  # the processor swap is process-global: one quantize() at a time
 
 
-def quantize_with_method(model: BaseQModel, original, calibration=None, *args, method=None, vlmq=None, **kwargs):
-    """What `BaseQModel.quantize` does once wrapped (glue/activate.py): GPTQModel's own run, or VLMQ's."""
+def quantize_with_method(model: BaseQModel, original, calibration=None, *args, method=None, vlmq=None,
+                         vlmq_record=None, **kwargs):
+    """What `BaseQModel.quantize` does once wrapped (glue/activate.py): GPTQModel's own run, or VLMQ's.
+    vlmq_record: an optional GRecorder that keeps the G of chosen layers (g_record.py)."""
     if method is None or method == "gptq":
-        if vlmq is not None:
-            raise ValueError("quantize(vlmq=...) needs method='vlmq'.")
+        if vlmq is not None or vlmq_record is not None:
+            raise ValueError("quantize(vlmq=..., vlmq_record=...) need method='vlmq'.")
         return guarded_quantize(model, original, calibration, args, kwargs)
     if method != "vlmq":
         raise ValueError(f"quantize(method={method!r}): supported methods are {METHODS}.")
-    return quantize_vlmq(model, original, calibration, args, kwargs, vlmq)
+    if vlmq_record is not None and not isinstance(vlmq_record, GRecorder):
+        raise TypeError(f"vlmq_record= must be a GRecorder, got {type(vlmq_record).__name__}.")
+    return quantize_vlmq(model, original, calibration, args, kwargs, vlmq, vlmq_record)
 
 
 def guarded_quantize(model: BaseQModel, original, calibration, args, kwargs, run: VLMQRun = None):
@@ -56,7 +61,7 @@ def guarded_quantize(model: BaseQModel, original, calibration, args, kwargs, run
     return result
 
 
-def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg) -> dict:
+def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg, recorder=None) -> dict:
     cfg = VLMQConfig() if cfg is None else cfg
     if not isinstance(cfg, VLMQConfig):
         raise TypeError(f"vlmq= must be a VLMQConfig, got {type(cfg).__name__}.")
@@ -83,7 +88,7 @@ def quantize_vlmq(model: BaseQModel, original, calibration, args, kwargs, cfg) -
     def rtn(_projection, weight):  # layer0="rtn_probe": the target format, rounded to nearest
         return rtn_quantize_weight(weight, qcfg.bits, qcfg.group_size, sym=qcfg.sym)
 
-    run = VLMQRun(cfg, plan, family, family.vision_token_ids(model.model.config), rtn)
+    run = VLMQRun(cfg, plan, family, family.vision_token_ids(model.model.config), rtn, recorder)
     user_gptaq = qcfg.gptaq
     try:
         # qcfg.gptaq is what makes GPTQModel insert the full-precision stream (its NativeProcessor); the

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import torch
 
-from .compare import layer_output_errors, top1_agreement
+from .compare import decoder_layers, layer_output_errors, top1_agreement
 from ..config import VLMQConfig
+from ..g_picture import draw_g, save_png
+from ..g_record import GRecorder
+from ..inspect_g import capture, default_layer, title
 from .evaluation import (
     encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, synthvlm_dir,
 )
@@ -40,11 +43,17 @@ def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = Fal
         fp = evaluate(fp_model, processor, samples)
         rows = {"FP": {"accuracy": fp.accuracy, "agreement": 1.0, "kl": 0.0, "layers": None, "seconds": None}}
         methods = [("GPTQ", "gptq"), ("GPTAQ", "gptaq"), (f"VLMQ ({vlmq.precursor})", "vlmq")]
+        # the VLMQ run keeps one layer's G, drawn for calibration sample 0 (what `vlmq inspect` draws)
+        recorder = GRecorder(layers=(default_layer(len(decoder_layers(fp_model))),), projections=vlmq.targets[:1])
         for label, method in methods:
             log.info(f"demo: quantizing with {label} (W{spec.bits} g{spec.group_size}) ...")
             start = time.perf_counter()
-            quantize_to_dir(model_dir, calib, stage / method, spec, method, vlmq)
+            model = quantize_to_dir(model_dir, calib, stage / method, spec, method, vlmq,
+                                    recorder if method == "vlmq" else None)
             seconds = time.perf_counter() - start
+            if method == "vlmq":
+                picture = draw_g_of_first_sample(model, recorder, calib[0], processor, spec, vlmq, stage)
+            del model
             q_model, _ = load_for_eval(stage / method)
             result = evaluate(q_model, processor, samples, reference_logits=fp)
             rows[label] = {
@@ -54,7 +63,20 @@ def run_demo(out: Path, spec: QuantSpec, vlmq: VLMQConfig, overwrite: bool = Fal
             }
             del q_model
     print(format_comparison(rows, spec, n_calib, len(fp.correct), out))
+    print(f"G of calibration sample 0 in the VLMQ run drawn in {out / picture}")
     return rows
+
+
+def draw_g_of_first_sample(model, recorder: GRecorder, sample: list, processor, spec: QuantSpec, vlmq: VLMQConfig,
+                           stage: Path) -> str:
+    """Draw the G the VLMQ run computed for `sample` (a calibration conversation) into the demo's folder."""
+    (layer,), (projection,) = recorder.layers, recorder.projections
+    g = capture(model, recorder, sample, layer, projection, processor.tokenizer)
+    image = sample[0]["content"][0]["image"]
+    name = f"g-layer{layer}-{projection}.png"
+    save_png(draw_g(image, g.grid, g.vision, g.text, g.image_position,
+                    title(g, spec, vlmq, "demo calibration sample 0", len(recorder.batches))), stage / name)
+    return name
 
 
 def format_comparison(rows: dict, spec: QuantSpec, n_calib: int, n_questions: int, out: Path) -> str:

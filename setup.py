@@ -4,6 +4,12 @@ from setuptools import find_packages, setup
 
 readme = Path(__file__).with_name("README.md")
 
+# lmms-eval 0.7.3 itself is installed with `pip install --no-deps lmms-eval==0.7.3` (README): it pins
+# wandb==0.25.0, which needs protobuf<7 while gptqmodel 7.7.0 needs protobuf>=7.36.2, so pip cannot resolve
+# both. These are the packages its evaluator, task loader and CLI import on the `--model vlmq` path that
+# this package's own requirements do not bring.
+LMMS_EVAL_RUNTIME = ["loguru==0.7.3", "sacrebleu==2.6.0", "evaluate==0.4.6", "pytz==2026.6", "tenacity==9.2.1"]
+
 # `kernels/` lives at the repository root (Marlin-style layout) but is installed as
 # `vlmq_gptqmodel.kernels`: a top-level `kernels` package would collide with Hugging Face's.
 setup(
@@ -27,6 +33,9 @@ setup(
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
     ],
-    extras_require={"test": ["pytest==9.2.0"], "bench": ["matplotlib==3.11.2"]},
-    entry_points={"console_scripts": ["vlmq=vlmq_gptqmodel.cli:main"]},
+    extras_require={"test": ["pytest==9.2.0"], "bench": ["matplotlib==3.11.2"], "lmms": LMMS_EVAL_RUNTIME},
+    entry_points={
+        "console_scripts": ["vlmq=vlmq_gptqmodel.cli:main"],
+        "lmms_eval.models": ["vlmq = vlmq_gptqmodel.lmms:manifest"],  # `lmms-eval --model vlmq`
+    },
 )

@@ -19,7 +19,7 @@ from datasets import Image as ImageFeature
 from lmms_eval.models.registry_v2 import ModelRegistryV2
 
 from vlmq_gptqmodel.errors import BadInput
-from vlmq_gptqmodel.lmms import MODEL_NAME, manifest
+from vlmq_gptqmodel.lmms import MODEL_NAME
 from vlmq_gptqmodel.lmms.model import VLMQ, choose_kernels
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.synth.evaluation import (
@@ -101,6 +101,13 @@ def egg_info(tmp_path_factory):
     subprocess.run([sys.executable, "setup.py", "-q", "egg_info", "--egg-base", str(base)], cwd=ROOT, check=True,
                    capture_output=True)
     return base
+
+
+def test_lmms_eval_stays_optional():
+    """Neither the package nor the entry-point module imports lmms-eval; only lmms-eval's call does."""
+    code = "import sys, vlmq_gptqmodel, vlmq_gptqmodel.lmms; print('lmms_eval' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert done.stdout.strip().splitlines()[-1] == "False"
 
 
 def test_setup_py_registers_vlmq_with_lmms_eval(egg_info, monkeypatch):
@@ -192,7 +199,7 @@ def test_a_gptq_checkpoint_is_scored_like_vlmq_eval_with_gptqmodels_kernels(synt
     model, processor = load_for_eval(checkpoint)
     expected = evaluate(model, processor, eval_samples(N_IMAGES, SEED, image_size=size, world=world_of(model)))
     del model
-    lm = VLMQ(pretrained=str(checkpoint), kernels="gptqmodel", device="cpu", batch_size=32)
+    lm = VLMQ(pretrained=str(checkpoint), device="cpu", batch_size=32)  # kernels=auto: GPTQModel's on CPU
     assert lm.loader == "gptqmodel" and lm.model.dtype == torch.bfloat16
     # the task index without lmms-eval's own tasks: indexing those takes half a minute here
     manager = TaskManager(include_path=str(tasks), include_defaults=False)

@@ -93,7 +93,7 @@ def skip_lmms_eval_filelock_patch() -> None:
 
 
 def load_model(pretrained: Path, kernels: str, dtype: str, device: torch.device):
-    """(transformers model, processor, loader used) for a local model directory."""
+    """(transformers model, processor, kernels that serve it: "transformers", "gptqmodel" or "vlmq")."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     config = check_model_dir(pretrained, "pretrained")
@@ -113,7 +113,9 @@ def load_model(pretrained: Path, kernels: str, dtype: str, device: torch.device)
         from ..serving import load_quantized
 
         # kernels=auto falls back to GPTQModel's kernels (with a warning) where ours cannot run, e.g. pre-Ampere
-        model = load_quantized(pretrained, device=str(device), fallback=kernels == "auto", dtype=DTYPES[dtype]).model
+        wrapper = load_quantized(pretrained, device=str(device), fallback=kernels == "auto", dtype=DTYPES[dtype])
+        route = "vlmq" if wrapper.vlmq_serving_report is not None else "gptqmodel"
+        model = wrapper.model
     return model.eval(), processor, route
 
 

@@ -112,7 +112,8 @@ def test_lmms_eval_stays_optional():
 
 def test_setup_py_registers_vlmq_with_lmms_eval(egg_info, monkeypatch):
     """lmms-eval's own entry-point loading, over this checkout's metadata, resolves `vlmq` to the chat class."""
-    assert "vlmq = vlmq_gptqmodel.lmms:manifest" in (egg_info / "vlmq_gptqmodel.egg-info" / "entry_points.txt").read_text()
+    declared = (egg_info / "vlmq_gptqmodel.egg-info" / "entry_points.txt").read_text()
+    assert "[lmms_eval.models]\nvlmq = vlmq_gptqmodel.lmms:manifest" in declared
     monkeypatch.syspath_prepend(str(egg_info))
     registry = ModelRegistryV2()
     registry.load_entrypoint_manifests()

@@ -81,11 +81,11 @@ def parse_batch_size(value) -> int:
 def skip_lmms_eval_filelock_patch() -> None:
     """Let lmms-eval 0.7.3's evaluator run beside filelock 4.
 
-    Its simple_evaluate first patches filelock 3.x's `filelock._api.FileLockMeta` (so that nested load_dataset
-    calls share lock instances), after building the model and before loading any task. filelock 4, which
-    gptqmodel 7.7.0 requires (>=4.2.4), has no `filelock._api`, so the patch fails with ModuleNotFoundError and
-    no evaluation can start. The patch has a done-flag; setting it skips the patch, and datasets keeps its own
-    locking, as everywhere else in this package.
+    Its simple_evaluate, after building the model and before loading any task, patches filelock 3.x's
+    `filelock._api.FileLockMeta` (one shared lock object per file for filelock's and datasets' lock classes, so
+    that nested load_dataset calls cannot deadlock). filelock 4, which gptqmodel 7.7.0 requires (>=4.2.4), has no
+    `filelock._api`: the patch fails with ModuleNotFoundError and no evaluation can start. The patch has a
+    done-flag; setting it skips the patch, and datasets keeps its own locking, as everywhere else in this package.
     """
     patch = getattr(evaluator, "_enable_reentrant_filelocks", None)
     if patch is not None and importlib.util.find_spec("filelock._api") is None:

@@ -1,5 +1,5 @@
 # Two commands do the whole set-up on a fresh machine:
-#   make demo   # venv + install + `vlmq quantize --demo` on the bundled model (offline)
+#   make demo   # venv + install (with lmms-eval) + `vlmq quantize --demo` on the bundled model (offline)
 #   make test   # venv + install + the test suite
 VENV ?= .venv
 PYTHON ?= python3
@@ -8,10 +8,13 @@ STAMP := $(VENV)/.vlmq-installed
 
 .PHONY: install demo test bench-cost bench-quality bench-latency
 
+# lmms-eval goes in with --no-deps: pip cannot resolve its wandb pin together with gptqmodel; the "lmms"
+# extra brings what it needs at run time (setup.py)
 $(STAMP): setup.py pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test,bench]"
+	$(PY) -m pip install --quiet -e ".[test,bench,lmms]"
+	$(PY) -m pip install --quiet --no-deps lmms-eval==0.7.3
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -4,6 +4,13 @@ from setuptools import find_packages, setup
 
 readme = Path(__file__).with_name("README.md")
 
+# lmms-eval 0.7.3 itself is installed with `pip install --no-deps lmms-eval==0.7.3` (README): it pins
+# wandb==0.25.0, which needs protobuf<7 while gptqmodel 7.7.0 needs protobuf>=7.36.2, so pip cannot resolve
+# both. These are what its evaluator, task loader and CLI import on the `--model vlmq` path beyond this
+# package's own requirements (checked by running the CLI with every other installed package hidden).
+LMMS_EVAL_RUNTIME = ["loguru==0.7.3", "sacrebleu==2.6.0", "evaluate==0.4.6", "pytz==2026.6", "tenacity==9.2.1",
+                     "pytablewriter==1.2.1"]
+
 # `kernels/` lives at the repository root (Marlin-style layout) but is installed as
 # `vlmq_gptqmodel.kernels`: a top-level `kernels` package would collide with Hugging Face's.
 setup(
@@ -27,6 +34,9 @@ setup(
         "tokenizers==0.23.3",
         "safetensors==0.8.0",
     ],
-    extras_require={"test": ["pytest==9.2.0"], "bench": ["matplotlib==3.11.2"]},
-    entry_points={"console_scripts": ["vlmq=vlmq_gptqmodel.cli:main"]},
+    extras_require={"test": ["pytest==9.2.0"], "bench": ["matplotlib==3.11.2"], "lmms": LMMS_EVAL_RUNTIME},
+    entry_points={
+        "console_scripts": ["vlmq=vlmq_gptqmodel.cli:main"],
+        "lmms_eval.models": ["vlmq = vlmq_gptqmodel.lmms:manifest"],  # `lmms-eval --model vlmq`
+    },
 )

@@ -246,12 +246,15 @@ TABLE_HEAD = ("| setting | {} | exact match (mean ± sd) | answer KL ×10⁻³ (
 def method_rows(runs, part, calib, settings, seeds, labels, rtn_prefix: str | None) -> str:
     lines = [TABLE_HEAD.format("method")]
     for bits, group in settings:
+        rows = list(filter(None, (seed_row(runs, part, calib, bits, group, label, seeds) for label in labels)))
+        if not rows:  # a setting of the defaults that this results folder has not run
+            continue
         lines.append(f"| W{bits} g{group} | FP | {runs['FP']['accuracy']:.3f} | 0 | - | - |")
         rtn = runs.get(f"{rtn_prefix}|w{bits}g{group}") if rtn_prefix else None
         if rtn:
             lines.append(f"| W{bits} g{group} | RTN | {rtn['accuracy']:.3f} | {1e3 * rtn['kl']:.3f} | "
                          f"{top_share(rtn['question_kl']):.0%} | - |")
-        lines += filter(None, (seed_row(runs, part, calib, bits, group, label, seeds) for label in labels))
+        lines += rows
     return "\n".join(lines)
 
 
@@ -345,8 +348,10 @@ def layer_error_section(runs, part, calib, settings, seeds, labels) -> list[str]
     return ["\n".join(lines)] if len(lines) > 3 else []
 
 
-def part_minutes(runs, part: str) -> float:
-    return sum(r.get("seconds") or 0 for k, r in runs.items() if k.startswith(part + "|")) / 60
+def part_minutes(runs, part: str, labels=None) -> float:
+    """Quantization minutes of a part's runs (only those of `labels`, if given)."""
+    return sum(r.get("seconds") or 0 for k, r in runs.items()
+               if k.startswith(part + "|") and (labels is None or k.split("|")[3] in labels)) / 60
 
 
 # ---- charts ---------------------------------------------------------------------------------------------------
@@ -558,7 +563,7 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
             f"share of the (seed, question) pairs, among those that differ, where the method's KL is the lower one "
             f"(a few extreme questions cannot swing it; the mean KL is often carried by ten of them).\n"]
     if any(k.startswith("main|") for k in runs):
-        text += [f"## Main (seeds {seeds}; {part_minutes(runs, 'main'):.0f} min of quantization so far)\n",
+        text += [f"## Main (seeds {seeds}; {part_minutes(runs, 'main', MAIN):.0f} min of quantization so far)\n",
                  method_rows(runs, "main", calib, settings, seeds, MAIN, "rtn"),
                  "\n### VLMQ minus its own precursor\n", paired_rows(runs, "main", calib, settings, seeds)]
         text += layer_error_section(runs, "main", calib, settings, seeds, MAIN)
@@ -596,7 +601,9 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                                                     for k in runs)]
     if engine_labels:
         pairs = [(ENGINE_LABEL.format(label), label) for label in engine_labels]
-        text += [f"\n## The vLLM/SGLang-ready export: act-order off, true zero points (seeds {engine_seeds})\n",
+        minutes = part_minutes(runs, "main", [engine for engine, _ in pairs])
+        text += [f"\n## The vLLM/SGLang-ready export: act-order off, true zero points (seeds {engine_seeds}; "
+                 f"{minutes:.0f} min)\n",
                  "`vlmq quantize --target vllm` (or sglang): what the engines' 2-4-bit route (humming) can read. "
                  "Each row pair has the same calibration seeds; the paired difference is the export's cost.\n",
                  variant_rows(runs, "main", calib, engine_settings, engine_seeds, [x for pair in pairs for x in pair[::-1]]),

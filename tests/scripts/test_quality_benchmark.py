@@ -23,7 +23,8 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     model_dir = tiny_vlm("qwen2_vl")
     runs = _run(model_dir, tmp_path / "deq", "--seeds", "0,1", "--attention-settings", "w3g32", "--attention-seeds", "1",
                 "--sweep-sizes", "2,4", "--sweep-settings", "w3g32", "--ablation-settings", "w3g32",
-                "--ablation-seeds", "1", "--study-settings", "w3g32", "--study-seeds", "0")
+                "--ablation-seeds", "1", "--study-settings", "w3g32", "--study-seeds", "1",
+                "--engine-settings", "w3g32", "--engine-seeds", "0")
     assert {"FP", "rtn|w3g32", "rtn-attn|w3g32", *(f"main|c4|w3g32|{m}|s{s}" for m in LABELS for s in (0, 1)),
             *(f"attn|c4|w3g32|{m}|s1" for m in LABELS),
             *(f"sweep|c{c}|w3g32|{m}|s0" for m in LABELS for c in (2, 4))} <= set(runs)
@@ -47,12 +48,17 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     assert not any(k.startswith("attn|") and k.endswith("|s0") for k in runs)  # only --attention-seeds
     ablation_runs = [k for k in runs if k.startswith("abl|")]
     assert len(ablation_runs) == 16 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
-    assert len([k for k in runs if k.startswith("study|")]) == 7
+    # the study is attention-only by default and reuses the attention-only part's own alpha-0.25 runs
+    assert len([k for k in runs if k.startswith("study-attn|")]) == 7
+    assert runs["study-attn|c4|w3g32|GPTAQ alpha=0.25|s1"] == runs["attn|c4|w3g32|GPTAQ|s1"]
+    assert {f"main|c4|w3g32|{m} (vllm)|s0" for m in ("GPTQ", "VLMQ(gptaq)")} <= set(runs)  # the engine part
     report = (tmp_path / "deq" / "quality.md").read_text()
     assert "reproduce: `python benchmarks/quality.py --model" in report
     assert "### Decoder-layer output error" in report
-    for heading in ("## Main", "## Attention only", "## Calibration-size sweep", "## Ablations", "## GPTAQ study"):
+    for heading in ("## Main", "## Attention only", "## Calibration-size sweep", "## Ablations",
+                    "## GPTAQ study, attention-only", "## The vLLM/SGLang-ready export"):
         assert heading in report
+    assert "| W3 g32 | GPTQ (vllm) − GPTQ |" in report
     assert "| W3 g32 | VLMQ(gptaq) − GPTAQ |" in report and "/2 |" in report  # paired over both seeds
     assert (tmp_path / "deq" / "quality.png").stat().st_size > 0
     assert (tmp_path / "deq" / "sweep.png").stat().st_size > 0

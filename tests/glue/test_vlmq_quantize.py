@@ -113,8 +113,10 @@ def test_unknown_method_and_stray_vlmq_config_are_refused(tiny_vlm, calib):
     model = GPTQModel.load(str(tiny_vlm("qwen2_vl")), QuantizeConfig(bits=4, group_size=32, device="cpu"))
     with pytest.raises(ValueError, match="supported methods are"):
         model.quantize(calib, method="vlmqq")
-    with pytest.raises(ValueError, match="needs method='vlmq'"):
+    with pytest.raises(ValueError, match=r"quantize\(vlmq=...\) needs method='vlmq'"):
         model.quantize(calib, vlmq=VLMQConfig())
+    with pytest.raises(ValueError, match=r"quantize\(vlmq_record=...\) needs method='vlmq'"):
+        model.quantize(calib, vlmq_record=object())
     with pytest.raises(ValueError, match="batch_size=1"):
         model.quantize(calib, batch_size=2, method="vlmq")
     with pytest.raises(TypeError, match="VLMQConfig"):

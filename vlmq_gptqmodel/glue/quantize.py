@@ -35,8 +35,9 @@ def quantize_with_method(model: BaseQModel, original, calibration=None, *args, m
     """What `BaseQModel.quantize` does once wrapped (glue/activate.py): GPTQModel's own run, or VLMQ's.
     vlmq_record: an optional GRecorder that keeps the G of chosen layers (g_record.py)."""
     if method is None or method == "gptq":
-        if vlmq is not None or vlmq_record is not None:
-            raise ValueError("quantize(vlmq=..., vlmq_record=...) need method='vlmq'.")
+        given = [name for name, value in (("vlmq", vlmq), ("vlmq_record", vlmq_record)) if value is not None]
+        if given:
+            raise ValueError(f"quantize({', '.join(name + '=...' for name in given)}) needs method='vlmq'.")
         return guarded_quantize(model, original, calibration, args, kwargs)
     if method != "vlmq":
         raise ValueError(f"quantize(method={method!r}): supported methods are {METHODS}.")

@@ -73,7 +73,7 @@ def decode_linear(qweight: torch.Tensor, qzeros: torch.Tensor, scales: torch.Ten
         zeros = torch.full((n, groups), 1 << (bits - 1), dtype=torch.int64)
     else:
         zeros = unpack_runs(qzeros.contiguous(), bits).t()         # packed along N: [G, N * bits / 32] -> [N, G]
-    return DecodedLinear(codes=codes, zeros=zeros[:n], scales=scales.t().contiguous(), group_size=group_size)
+    return DecodedLinear(codes=codes, zeros=zeros, scales=scales.t().contiguous(), group_size=group_size)
 
 
 def read_checkpoint(checkpoint_dir, quantization_config: dict) -> dict[str, DecodedLinear]:

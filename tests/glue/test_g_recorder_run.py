@@ -27,7 +27,7 @@ def test_a_recorder_needs_method_vlmq_and_must_be_a_grecorder(tiny_vlm, calib):
     from gptqmodel import GPTQModel, QuantizeConfig
 
     model = GPTQModel.load(str(tiny_vlm("qwen2_vl")), QuantizeConfig(bits=4, group_size=32, device="cpu"))
-    with pytest.raises(ValueError, match="need method='vlmq'"):
+    with pytest.raises(ValueError, match=r"quantize\(vlmq_record=...\) needs method='vlmq'"):
         model.quantize(calib, vlmq_record=GRecorder(layers=(1,), projections=("q_proj",)))
     with pytest.raises(TypeError, match="GRecorder"):
         model.quantize(calib, method="vlmq", vlmq_record={"layers": (1,)})

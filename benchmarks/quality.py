@@ -6,7 +6,8 @@ Parts (--parts; each resumes from quality.json, so a long run can be done in pie
 - attention-only:  the same methods quantizing only q/k/v/o (MLP kept FP), where VLMQ's token weighting acts;
 - sweep:           64-1024 calibration samples at W3/W2 g128, with Kish's effective sample size of G;
 - ablations:       the paper's ablations as VLMQConfig switches (Tables 5-8, MBQ-style modality weights);
-- gptaq-study:     why VLMQ(gptaq) may not beat GPTAQ: GPTAQ's alpha and the weighting of its asymmetric term;
+- gptaq-study:     why VLMQ(gptaq) may not beat GPTAQ: GPTAQ's alpha, the weighting of its asymmetric term,
+                   the path G is taken at and a floor on G;
 - engine:          what the vLLM/SGLang-ready export (act-order off, true zero points) costs against act-order.
 
 Every quantized model is saved as a GPTQ checkpoint and scored on --split: the held-out evaluation split
@@ -92,16 +93,21 @@ def ablations(base: VLMQConfig) -> dict:
 STUDY_PARTS = {"attention-only": "study-attn", "all": "study"}  # --study-scope -> its runs' part name
 # study variants that are the attention-only part's own runs (same config and seeds): reused, not rerun
 STUDY_SAME_AS_ATTN = {"GPTAQ alpha=0.25": "GPTAQ", "VLMQ(gptaq) alpha=0.25": "VLMQ(gptaq)"}
+# study variants of VLMQ(gptaq) at alpha 0.25, each compared with GPTAQ and with VLMQ(gptaq) as it is
+STUDY_VARIANTS = ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) gradient_at=fp", "VLMQ(gptaq) min_weight=0.3")
 
 
 def gptaq_study() -> dict:
-    """label -> (method, VLMQ config, GPTAQ alpha): the precursor and VLMQ(gptaq) at other alphas, and VLMQ
-    with the asymmetric term left unweighted (H weighted only)."""
+    """label -> (method, VLMQ config, GPTAQ alpha): the precursor and VLMQ(gptaq) at other alphas; VLMQ with the
+    asymmetric term left unweighted (H weighted only), with G taken at the full-precision path, and with G
+    floored at 0.3 (more effective tokens per Hessian)."""
     out = {}
     for alpha in (0.1, 0.25, 0.5):
         out[f"GPTAQ alpha={alpha}"] = ("gptaq", None, alpha)
         out[f"VLMQ(gptaq) alpha={alpha}"] = ("vlmq", VLMQConfig(precursor="gptaq"), alpha)
     out["VLMQ(gptaq) residual=uniform"] = ("vlmq", VLMQConfig(precursor="gptaq", residual="uniform"), 0.25)
+    out["VLMQ(gptaq) gradient_at=fp"] = ("vlmq", VLMQConfig(precursor="gptaq", gradient_at="fp"), 0.25)
+    out["VLMQ(gptaq) min_weight=0.3"] = ("vlmq", VLMQConfig(precursor="gptaq", min_weight=0.3), 0.25)
     return out
 
 
@@ -594,8 +600,8 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                  "\n### Paired\n",
                  paired_rows(runs, part, calib, study_settings, study_seeds,
                              [(f"VLMQ(gptaq) alpha={a}", f"GPTAQ alpha={a}") for a in (0.1, 0.25, 0.5)]
-                             + [("VLMQ(gptaq) residual=uniform", "GPTAQ alpha=0.25"),
-                                ("VLMQ(gptaq) residual=uniform", "VLMQ(gptaq) alpha=0.25")])]
+                             + [(variant, baseline) for variant in STUDY_VARIANTS
+                                for baseline in ("GPTAQ alpha=0.25", "VLMQ(gptaq) alpha=0.25")])]
         text += layer_error_section(runs, part, calib, study_settings, study_seeds, list(study))
     engine_labels = [label for label in MAIN if any(k.startswith("main|") and f"|{ENGINE_LABEL.format(label)}|" in k
                                                     for k in runs)]

@@ -110,17 +110,23 @@ def block_gradients(
     position_embeddings,
     names: Projections,
     quant_block: Optional[AttentionBlock] = None,
+    at: str = "quantized",
 ) -> Dict[str, Tensor]:
-    """dL/dz for each named projection output z of the quantized path, with
-    L = || block(x_fp) - quant_block(x_q) ||^2 (paper Eq. 5); quant_block defaults to block."""
+    """dL/dz for each named projection output z, with L = || block(x_fp) - quant_block(x_q) ||^2 (paper
+    Eq. 5); quant_block defaults to block. `at` picks the path whose z is differentiated: "quantized"
+    (the paper's, z of quant_block(x_q)) or "fp" (z of block(x_fp), the other path held fixed)."""
+    if at not in ("quantized", "fp"):
+        raise ValueError(f"at={at!r}: must be 'quantized' or 'fp'")
     quant_block = block if quant_block is None else quant_block
     with torch.inference_mode(False), torch.enable_grad():
+        paths = [(block, x_fp), (quant_block, x_q)]  # (held fixed, differentiated)
+        (fixed, x_fixed), (net, x) = paths if at == "quantized" else paths[::-1]
         with torch.no_grad():
-            target = block(x_fp, mask, position_embeddings)
-        x_q = x_q.detach().clone().requires_grad_(True)
-        with quant_block.recording(names) as outs:
-            pred = quant_block(x_q, mask, position_embeddings)
-        loss = (pred - target).pow(2).sum()
+            other = fixed(x_fixed, mask, position_embeddings)
+        x = x.detach().clone().requires_grad_(True)
+        with net.recording(names) as outs:
+            out = net(x, mask, position_embeddings)
+        loss = (out - other).pow(2).sum()
         grads = torch.autograd.grad(loss, [outs[n] for n in names])
     return dict(zip(names, grads))
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .config import (
     ATTENTION_PROJECTIONS,
+    GRADIENT_PATHS,
     GRANULARITIES,
     IMPORTANCE_SOURCES,
     LAYER0_POLICIES,
@@ -102,6 +103,8 @@ def add_run_flags(q) -> None:
     q.add_argument("--min-weight", type=float, default=1e-3)
     q.add_argument("--residual", choices=RESIDUALS, default="weighted",
                    help="with --precursor gptaq: how GPTAQ's asymmetric term is token-weighted")
+    q.add_argument("--gradient-at", choices=GRADIENT_PATHS, default="quantized",
+                   help="which path's projection outputs the block loss is differentiated at (fp: a diagnostic)")
     q.add_argument("--random-ratio", type=float, default=0.5, help="--importance random: share of vision tokens down-weighted")
     q.add_argument("--random-factor", type=float, default=0.01, help="--importance random: their weight")
     q.add_argument("--random-seed", type=int, default=0, help="--importance random: seed (VLMQConfig.seed)")
@@ -145,7 +148,8 @@ def vlmq_config(args) -> VLMQConfig:
     return VLMQConfig(importance=args.importance, granularity=args.granularity, norm=args.norm,
                       targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
                       precursor=args.precursor, layer0=args.layer0, min_weight=args.min_weight,
-                      residual=args.residual, random_ratio=args.random_ratio, random_factor=args.random_factor,
+                      residual=args.residual, gradient_at=args.gradient_at,
+                      random_ratio=args.random_ratio, random_factor=args.random_factor,
                       seed=args.random_seed)
 
 

@@ -25,6 +25,10 @@ LAYER0_POLICIES = ("uniform", "rtn_probe")
 # how the GPTAQ precursor's asymmetric term sees G: "weighted", (X_fp - X) G^2 X^T (the paper's Eq. 19), or
 # "uniform", (X_fp - X) X^T scaled by mean(g^2) so it stays on H~'s scale (every token alike)
 RESIDUALS = ("weighted", "uniform")
+# which path's projection outputs z the block loss is differentiated at: "quantized", dL/dz_hat (the paper's
+# Eq. 4: the outputs the quantized layer will produce), or "fp", dL/dz of the full-precision path (a diagnostic
+# of the quality benchmark's GPTAQ study: GPTAQ's asymmetric term pulls toward the FP stream)
+GRADIENT_PATHS = ("quantized", "fp")
 
 
 @dataclass
@@ -43,6 +47,7 @@ class VLMQConfig:
                  "rtn_probe": take the gradient of |Attn(X) - Attn_rtn(X)|^2 where Attn_rtn has its
                  projections round-to-nearest quantized at the target bits.
     residual:    with precursor="gptaq", how its asymmetric term is weighted (see RESIDUALS).
+    gradient_at: which path's projection outputs the block loss is differentiated at (see GRADIENT_PATHS).
     min_weight:  floor on g after it is normalized to mean 1 over the calibration tokens of a
                  projection, so that a feature column can never vanish from H only because of G
                  (GPTQModel zeroes weight columns whose Hessian diagonal is 0).
@@ -56,6 +61,7 @@ class VLMQConfig:
     precursor: str = "gptaq"
     layer0: str = "uniform"
     residual: str = "weighted"
+    gradient_at: str = "quantized"
     min_weight: float = 1e-3
     random_ratio: float = 0.5
     random_factor: float = 0.01
@@ -71,6 +77,12 @@ class VLMQConfig:
         if self.residual != "weighted" and self.precursor != "gptaq":
             raise BadInput(f"VLMQConfig.residual={self.residual!r} changes GPTAQ's asymmetric term; the GPTQ "
                            f"precursor has none: use precursor='gptaq' or leave residual='weighted'.")
+        _one_of("gradient_at", self.gradient_at, GRADIENT_PATHS)
+        if self.gradient_at != "quantized" and (self.importance not in ("gradient", "modality")
+                                                or self.granularity != "block"):
+            raise BadInput(f"VLMQConfig.gradient_at={self.gradient_at!r} picks where the block loss is "
+                           f"differentiated; importance={self.importance!r}, granularity={self.granularity!r} takes "
+                           f"no block gradient: use importance='gradient', granularity='block' or leave it 'quantized'.")
         self.targets = _targets(self.targets)
         _number_in("min_weight", self.min_weight, 0.0, 1.0, "in [0, 1) (relative to mean 1)", high_open=True)
         _number_in("random_ratio", self.random_ratio, 0.0, 1.0, "in [0, 1]")

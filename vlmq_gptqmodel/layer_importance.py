@@ -7,6 +7,7 @@ GPTQModel: the glue hands it plain tensors.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
@@ -98,7 +99,7 @@ def _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_tr
             raise ValueError("layer0='rtn_probe' needs a round-to-nearest weight transform")
         report["policy"] = "rtn_probe (X_hat == X)"
         probe = copy_attention_block(layer, device, weight_transform=rtn_weight_transform, family=family)
-    loss_gradient = block_gradients if cfg.granularity == "block" else projection_errors
+    loss_gradient = partial(block_gradients, at=cfg.gradient_at) if cfg.granularity == "block" else projection_errors
     out: Dict[str, List[Tensor]] = {n: [] for n in names}
     for b in range(len(streams.quant)):
         x_fp, mask, pe = _batch(streams, b, device, quant=False)

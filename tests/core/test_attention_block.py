@@ -22,30 +22,33 @@ def layer_and_inputs(tiny_vlm):
     return lm.layers[1], x, x_hat, pe
 
 
+@pytest.mark.parametrize("at", ("quantized", "fp"))
 @pytest.mark.parametrize("name", ATTENTION_PROJECTIONS)
-def test_block_gradient_matches_finite_differences(layer_and_inputs, name):
+def test_block_gradient_matches_finite_differences(layer_and_inputs, name, at):
     layer, x, x_hat, pe = layer_and_inputs
     block = copy_attention_block(layer, torch.device("cpu")).double()
     x, x_hat, pe = x.double(), x_hat.double(), tuple(t.double() for t in pe)
     mask = causal_mask(1, S, x.device).double()
-    grad = block_gradients(block, x, x_hat, mask, pe, (name,))[name]
+    grad = block_gradients(block, x, x_hat, mask, pe, (name,), at=at)[name]
     direction = torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     eps = 1e-4
-    plus = _perturbed_loss(block, x, x_hat, mask, pe, name, eps * direction)
-    minus = _perturbed_loss(block, x, x_hat, mask, pe, name, -eps * direction)
+    plus = _perturbed_loss(block, x, x_hat, mask, pe, name, eps * direction, at)
+    minus = _perturbed_loss(block, x, x_hat, mask, pe, name, -eps * direction, at)
     numeric = (plus - minus) / (2 * eps)
     analytic = (grad * direction).sum().item()
     assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8)
     assert abs(analytic) > 1e-6
 
 
-def _perturbed_loss(block, x_fp, x_q, mask, pe, name, delta):
-    """|| block(x_fp) - block_with_z_name_shifted(x_q) ||^2: the loss as a function of z_name."""
+def _perturbed_loss(block, x_fp, x_q, mask, pe, name, delta, at):
+    """|| block(x_fp) - block(x_q) ||^2 with z_name shifted by delta on the path `at`: the loss as a
+    function of that path's z_name."""
     with torch.no_grad():
-        target = block(x_fp, mask, pe)
+        shifted_input = x_q if at == "quantized" else x_fp
+        fixed = block(x_fp if at == "quantized" else x_q, mask, pe)
         handle = getattr(block.attn, name).register_forward_hook(lambda m, a, out: out + delta)
         try:
-            return (block(x_q, mask, pe) - target).pow(2).sum().item()
+            return (block(shifted_input, mask, pe) - fixed).pow(2).sum().item()
         finally:
             handle.remove()
 
@@ -92,6 +95,27 @@ def test_gradient_importance_differs_between_projections_and_has_mean_one(layer_
         assert abs(g.mean().item() - 1.0) <= VLMQConfig().min_weight  # floor lifts the mean by at most this
     assert not torch.allclose(weights["q_proj"][0], weights["v_proj"][0], rtol=1e-2)
     assert not torch.allclose(weights["k_proj"][0], weights["o_proj"][0], rtol=1e-2)
+
+
+def test_gradient_at_fp_takes_g_from_the_full_precision_path(layer_and_inputs):
+    layer, x, x_hat, pe = layer_and_inputs
+    block = copy_attention_block(layer, torch.device("cpu"))
+    weights, _ = layer_importance(VLMQConfig(gradient_at="fp", min_weight=0.0), layer, 1, _streams(x, x_hat, pe),
+                                  torch.device("cpu"))
+    grad = block_gradients(block, x, x_hat, causal_mask(1, S, x.device), pe, ("k_proj",), at="fp")["k_proj"]
+    expected = grad.abs().mean(-1)
+    assert torch.allclose(weights["k_proj"][0], expected / expected.mean(), rtol=1e-5)
+    default, _ = layer_importance(VLMQConfig(min_weight=0.0), layer, 1, _streams(x, x_hat, pe), torch.device("cpu"))
+    assert not torch.allclose(weights["k_proj"][0], default["k_proj"][0], rtol=1e-3)
+
+
+def test_gradient_at_is_validated():
+    with pytest.raises(ValueError, match="gradient_at"):
+        VLMQConfig(gradient_at="both")
+    with pytest.raises(ValueError, match="granularity='block'"):
+        VLMQConfig(gradient_at="fp", granularity="layer")
+    with pytest.raises(ValueError, match="importance='gradient'"):
+        VLMQConfig(gradient_at="fp", importance="attention")
 
 
 def test_layer0_uniform_policy_when_streams_are_identical(layer_and_inputs):

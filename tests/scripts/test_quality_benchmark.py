@@ -49,7 +49,7 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     ablation_runs = [k for k in runs if k.startswith("abl|")]
     assert len(ablation_runs) == 16 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
     # the study is attention-only by default and reuses the attention-only part's own alpha-0.25 runs
-    assert len([k for k in runs if k.startswith("study-attn|")]) == 7
+    assert len([k for k in runs if k.startswith("study-attn|")]) == 9
     assert runs["study-attn|c4|w3g32|GPTAQ alpha=0.25|s1"] == runs["attn|c4|w3g32|GPTAQ|s1"]
     assert {f"main|c4|w3g32|{m} (vllm)|s0" for m in ("GPTQ", "VLMQ(gptaq)")} <= set(runs)  # the engine part
     report = (tmp_path / "deq" / "quality.md").read_text()

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import torch
 from torch import nn
 
+from .config import GRADIENT_PATHS
 from .families import QWEN_VL, Family
 
 Tensor = torch.Tensor
@@ -115,8 +116,8 @@ def block_gradients(
     """dL/dz for each named projection output z, with L = || block(x_fp) - quant_block(x_q) ||^2 (paper
     Eq. 5); quant_block defaults to block. `at` picks the path whose z is differentiated: "quantized"
     (the paper's, z of quant_block(x_q)) or "fp" (z of block(x_fp), the other path held fixed)."""
-    if at not in ("quantized", "fp"):
-        raise ValueError(f"at={at!r}: must be 'quantized' or 'fp'")
+    if at not in GRADIENT_PATHS:
+        raise ValueError(f"at={at!r}: must be one of {GRADIENT_PATHS}")
     quant_block = block if quant_block is None else quant_block
     with torch.inference_mode(False), torch.enable_grad():
         paths = [(block, x_fp), (quant_block, x_q)]  # (held fixed, differentiated)

@@ -20,8 +20,14 @@ def rtn_quantize_weight(weight: torch.Tensor, bits: int, group_size: int, *, sym
     group = in_features if group_size == -1 else group_size
     if group <= 0 or in_features % group:
         raise ValueError(f"group_size={group_size} must divide in_features={in_features} (or be -1)")
-    maxq = 2**bits - 1
     w = weight.detach().float().reshape(out_features, in_features // group, group)
+    scale, zero = group_grid(w, bits, sym=sym)
+    return on_grid(w, scale, zero, bits).reshape(out_features, in_features).to(weight.dtype)
+
+
+def group_grid(w: torch.Tensor, bits: int, *, sym: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point of each group, for `w` shaped [..., group] (the last axis is one group)."""
+    maxq = 2**bits - 1
     xmin = w.amin(-1, keepdim=True).clamp(max=0)
     xmax = w.amax(-1, keepdim=True).clamp(min=0)
     if sym:
@@ -32,5 +38,10 @@ def rtn_quantize_weight(weight: torch.Tensor, bits: int, group_size: int, *, sym
     xmin, xmax = torch.where(empty, -1.0, xmin), torch.where(empty, 1.0, xmax)
     scale = (xmax - xmin) / maxq
     zero = torch.full_like(scale, (maxq + 1) / 2) if sym else torch.round(-xmin / scale)
-    codes = torch.clamp(torch.round(w / scale) + zero, 0, maxq)
-    return (scale * (codes - zero)).reshape(out_features, in_features).to(weight.dtype)
+    return scale, zero
+
+
+def on_grid(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """`w` rounded to the nearest code of the grid (scale, zero), dequantized."""
+    codes = torch.clamp(torch.round(w / scale) + zero, 0, 2**bits - 1)
+    return scale * (codes - zero)

@@ -455,6 +455,8 @@ def parse_args(argv=None):
     p.add_argument("--study-scope", choices=tuple(STUDY_PARTS), default="attention-only",
                    help="what the GPTAQ study quantizes: q/k/v/o only (where VLMQ's weighting acts and its gap to "
                         "GPTAQ was measured) or every linear")
+    p.add_argument("--study-variants", default=None,
+                   help="comma-separated subset of the study's variants (default: all of them)")
     p.add_argument("--engine-settings", default="w3g128,w2g128")
     p.add_argument("--engine-seeds", default="0,1,2")
     p.add_argument("--engine-methods", default="GPTQ,VLMQ(gptaq)")
@@ -473,6 +475,10 @@ def parse_args(argv=None):
     if args.calib < 1 or args.eval < 1:
         raise SystemExit("--calib and --eval must be at least 1")
     args.parts = parts
+    if args.study_variants is not None:
+        args.study_variants = [v for v in args.study_variants.split(",") if v]
+        if not args.study_variants or set(args.study_variants) - set(gptaq_study()):
+            raise SystemExit(f"--study-variants: give a comma-separated subset of {tuple(gptaq_study())}")
     args.methods = [m for m in args.methods.split(",") if m]
     args.engine_methods = [m for m in args.engine_methods.split(",") if m]
     for flag, methods in (("--methods", args.methods), ("--engine-methods", args.engine_methods)):
@@ -500,7 +506,8 @@ def main(argv=None) -> None:
     bench = Bench(args)
     methods = {label: MAIN[label] for label in args.methods}
     abl = ablations(VLMQConfig(precursor=args.ablation_precursor))
-    study = gptaq_study()
+    study = {name: spec for name, spec in gptaq_study().items()
+             if args.study_variants is None or name in args.study_variants}
     if "main" in args.parts:
         for bits, group in settings:
             bench.rtn(bits, group)

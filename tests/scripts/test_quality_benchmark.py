@@ -78,3 +78,14 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     for m in LABELS:  # the same checkpoints (deterministic quantization), bf16 kernel vs fp32 weights
         a, b = runs[f"main|c4|w3g32|{m}|s0"]["kl"], served[f"main|c4|w3g32|{m}|s0"]["kl"]
         assert abs(a - b) <= 0.5 * max(a, b) + 1e-4, (m, a, b)
+
+
+def test_the_study_runs_only_the_variants_asked_for(tiny_vlm, tmp_path):
+    model_dir = tiny_vlm("qwen2_vl")
+    runs = _run(model_dir, tmp_path / "q", "--parts", "gptaq-study", "--study-scope", "all", "--study-settings",
+                "w3g32", "--study-seeds", "0", "--study-variants", "GPTAQ alpha=0.25,VLMQ(gptaq) residual=uniform")
+    assert sorted(k for k in runs if k != "FP") == ["study|c4|w3g32|GPTAQ alpha=0.25|s0",
+                                                    "study|c4|w3g32|VLMQ(gptaq) residual=uniform|s0"]
+    assert "| W3 g32 | VLMQ(gptaq) residual=uniform − GPTAQ alpha=0.25 |" in (tmp_path / "q" / "quality.md").read_text()
+    refused = _run(model_dir, tmp_path / "q", "--parts", "gptaq-study", "--study-variants", "GPTAQ alpha=0.3", ok=False)
+    assert refused.returncode != 0 and "--study-variants" in refused.stderr

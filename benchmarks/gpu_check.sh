@@ -5,11 +5,15 @@
 #
 # Steps, each with its wall time and exit status in OUT_DIR/steps.md (a failing step does not stop the next):
 #   env        the GPU, driver and package versions                          -> env.txt
-#   install    the project, editable, without dependencies (the GPU image brings torch and Triton); wheels
+#   install    the project, editable, without dependencies (the GPU image brings torch and Triton; log to the
+#              terminal only: a device run returns at most 8 files); wheels
 #              in .whl/ (e.g. gptqmodel's, carried to a machine without registries) go to /tmp/site first
 #   kernels    tests/kernels compiled for the GPU, not interpreted (layout, matmul vs the reference,
-#              serving a quantized tiny model end to end with load_quantized)  -> kernel_tests.txt
-#   static     SASS instruction counts per weight for sm_90                   -> compile_check.txt
+#              serving a quantized tiny model end to end with load_quantized, the inline-PTX pair decode
+#              bit for bit against its pure-Triton twin)                      -> kernel_tests.txt
+#   kernels-asm the decode and matmul tests again with VLMQ_KERNELS_ASM=1 (every kernel on the inline
+#              PTX, which is off by default until this step passes)           -> kernel_tests_asm.txt
+#   static     SASS instruction counts per weight for sm_90, inline PTX on    -> compile_check.txt
 #   latency    linear_latency.py: Table-11 shapes, M in {1,16,64,256,1024}, W2/W3/W4, every peer that
 #              imports                                                        -> linear_latency_<gpu>_<date>.md/json
 #   cost       quant_cost.py: GPTAQ vs VLMQ(gptaq) quantize() on CUDA, Qwen2-VL-7B text dims, 2 layers,
@@ -22,7 +26,7 @@ OUT=benchmarks/results/gpu
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) OUT=$arg ;;
     esac
@@ -85,16 +89,22 @@ install_project() {
     "$PY" -c "import vlmq_gptqmodel.kernels as k; print('vlmq_gptqmodel.kernels from', k.__file__)"
 }
 
+# The asm rerun: the decode tests and the dispatch at group 128 (every algorithm, bit width, dtype, act order).
+ASM_TESTS=(tests/kernels/test_kernel_decode.py tests/kernels/test_kernel_matmul.py -k "decode or (dispatch and 128)")
 [ -d /tmp/site ] || [ -d .whl ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 step env env.txt -- env_report
 if [ $DRY_RUN = 1 ]; then
-    step install install.txt -- "$PY" -c "import vlmq_gptqmodel.kernels; print('kernels import')"
+    step install - -- "$PY" -c "import vlmq_gptqmodel.kernels; print('kernels import')"
     step kernels kernel_tests.txt -- "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/kernels
+    step kernels-asm kernel_tests_asm.txt -- env VLMQ_KERNELS_ASM=1 "$PY" -m pytest -q -p no:cacheprovider \
+        --collect-only "${ASM_TESTS[@]}"
 else
-    step install install.txt -- install_project
+    step install - -- install_project
     step kernels kernel_tests.txt -- "$PY" -m pytest -q -p no:cacheprovider tests/kernels
+    step kernels-asm kernel_tests_asm.txt -- env VLMQ_KERNELS_ASM=1 "$PY" -m pytest -q -p no:cacheprovider \
+        "${ASM_TESTS[@]}"
 fi
-run_or_check static compile_check.txt -- -m vlmq_gptqmodel.kernels.compile_check --arch 90
+run_or_check static compile_check.txt -- -m vlmq_gptqmodel.kernels.compile_check --arch 90 --asm on
 run_or_check latency - -- benchmarks/linear_latency.py --m 1 16 64 256 1024 --bits 2 3 4 --reps 30 \
     --out "$OUT"
 run_or_check cost quant_cost.md -- benchmarks/quant_cost.py --preset 7b --layers 2 --samples 32 --device cuda \

@@ -3,9 +3,11 @@
 Triton lowers to PTX and Triton's bundled ptxas assembles it, so this runs on any host. It reports,
 for the launch configurations dispatch.py uses: registers, spill bytes, whether the packed weights
 are read with 128-bit loads, and the SASS instructions in the main loop per weight each thread
-handles. These are static counts, not timings: nothing here runs a kernel.
+handles. These are static counts, not timings: nothing here runs a kernel. Each configuration is
+compiled with the inline-PTX pair decode (asm on, VLMQ_KERNELS_ASM=1) and with its pure-Triton twin
+(asm off, the default until a GPU run has checked the PTX; pair_decode.py).
 
-    python -m vlmq_gptqmodel.kernels.compile_check --arch 90
+    python -m vlmq_gptqmodel.kernels.compile_check --arch 90 [--asm on|off|both]
 """
 import argparse
 import os
@@ -27,6 +29,7 @@ from .triton_tiles import INTERPRETING
 
 POINTER_TYPES = {"words_ptr": "*i32", "scales_ptr": "*fp16", "zeros_ptr": "*u8", "perm_ptr": "*i32",
                  "bias_ptr": "*fp16"}
+ASM_CHOICES = {"on": (True,), "off": (False,), "both": (False, True)}
 # Integer arguments Triton specializes as multiples of 16 at run time for the Table-11 shapes.
 ALIGNED_INTS = {"N", "K", "stride_xm", "stride_om"}
 
@@ -55,12 +58,12 @@ class StaticReport:
     mix: dict
 
 
-def variants(bits: int, group_size: int = 128, act_order: bool = False) -> list:
+def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: bool = False) -> list:
     """The launch configurations dispatch.py picks, one per M bucket, plus the fallback's dequant."""
     block_rows = layout.BLOCK_ROWS[bits]
-    common = dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, HAS_BIAS=False, UPCAST_DOT=False)
+    common = dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, HAS_BIAS=False, ASM=asm, UPCAST_DOT=False)
     found = []
-    for m, label in ((1, "1"), (2, "2"), (4, "3-4"), (16, "5-16")):  # block_m_for: 1, 2, 4, 16 rows
+    for m, label in ((1, "1-8"), (16, "9-16")):  # block_m_for: 8, 16 rows
         config = dispatch.decode_config(out_features=4608, n_blocks=8, sm_count=1)
         found.append(Variant(
             f"gemv_splitk M={label}", _gemv_splitk_kernel,
@@ -74,7 +77,7 @@ def variants(bits: int, group_size: int = 128, act_order: bool = False) -> list:
             config.num_warps, config.num_stages, block_rows * config.block_n / (32 * config.num_warps)))
     found.append(Variant(
         "dequant (fallback)", _dequant_kernel,
-        dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, BLOCK_N=128), 4, 1, block_rows * 128 / 128))
+        dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, BLOCK_N=128, ASM=asm), 4, 1, block_rows * 128 / 128))
     return found
 
 
@@ -163,15 +166,17 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=[90], help="compute capabilities, e.g. 80 90")
     parser.add_argument("--bits", type=int, nargs="+", choices=layout.SUPPORTED_BITS, default=list(layout.SUPPORTED_BITS))
+    parser.add_argument("--asm", choices=ASM_CHOICES, default="both", help="pair decode: inline PTX, its twin, or both")
     args = parser.parse_args(argv)
     print("Static facts from compiling for the target (no kernel runs; not timings). 'loop instr/weight' counts")
     print("the SASS instructions of one main-loop iteration over the weights one thread handles in it;")
     print("for the tiled GEMM each weight then serves BLOCK_M activation rows.")
     for arch in args.arch:
         for bits in args.bits:
-            print(f"-- {bits}-bit, group 128")
-            for variant in variants(bits):
-                print(format_report(compile_variant(variant, arch)))
+            for asm in ASM_CHOICES[args.asm]:
+                print(f"-- {bits}-bit, group 128, asm {'on' if asm else 'off'}")
+                for variant in variants(bits, asm=asm):
+                    print(format_report(compile_variant(variant, arch)))
 
 
 if __name__ == "__main__":

@@ -6,25 +6,26 @@ import triton
 import triton.language as tl
 
 from .layout import KernelWeights
-from .triton_tiles import (ONE_F32_BITS, SUBTILE_ROWS, dequantized_subtile, empty_subtile_state, next_subtile,
-                           subtiles_per_block)
+from .pair_decode import USE_ASM
+from .triton_tiles import dequantized_subtile, empty_subtile_state, next_subtile, pair_rows, subtiles_per_block
 
 
 @triton.jit
 def _dequant_kernel(
-    words_ptr, scales_ptr, zeros_ptr, perm_ptr, out_ptr, N, K, n_groups, one_bits,
-    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK_N: tl.constexpr,
+    words_ptr, scales_ptr, zeros_ptr, perm_ptr, out_ptr, N, K, n_groups,
+    BITS: tl.constexpr, GROUP_SIZE: tl.constexpr, HAS_PERM: tl.constexpr, BLOCK_N: tl.constexpr, ASM: tl.constexpr,
 ):
+    ROWS: tl.constexpr = 2 * pair_rows(GROUP_SIZE)
     block = tl.program_id(0)
     offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < N
-    words, scale, shifted_zero = empty_subtile_state(BLOCK_N)
-    for j in tl.static_range(subtiles_per_block(BITS)):
-        row0, words, scale, shifted_zero = next_subtile(
-            words_ptr, scales_ptr, zeros_ptr, block, words, scale, shifted_zero, offs_n, n_mask, N, K, n_groups,
+    words, scale, zero = empty_subtile_state(BLOCK_N, GROUP_SIZE)
+    for j in tl.static_range(subtiles_per_block(BITS, GROUP_SIZE)):
+        row0, words, scale, zero = next_subtile(
+            words_ptr, scales_ptr, zeros_ptr, block, words, scale, zero, offs_n, n_mask, N, K, n_groups,
             j, BITS, GROUP_SIZE)
-        w = dequantized_subtile(words, one_bits, scale, shifted_zero, j, BITS)
-        rows = row0 + tl.arange(0, SUBTILE_ROWS)
+        w = dequantized_subtile(words, scale, zero, j, BITS, ASM)
+        rows = row0 + tl.arange(0, ROWS)
         k_mask = rows < K
         if HAS_PERM:
             rows = tl.load(perm_ptr + rows, mask=k_mask, other=0)
@@ -41,8 +42,8 @@ def dequantize_transposed(weights: KernelWeights, dtype: torch.dtype, *, block_n
     grid = (weights.n_blocks, triton.cdiv(n, block_n))
     words, scales, zeros, perm, _ = weights.kernel_operands(bias=None)
     _dequant_kernel[grid](
-        words, scales, zeros, perm, out, n, k, weights.n_groups, ONE_F32_BITS,
+        words, scales, zeros, perm, out, n, k, weights.n_groups,
         BITS=weights.bits, GROUP_SIZE=weights.group_size, HAS_PERM=weights.perm is not None,
-        BLOCK_N=block_n, num_warps=num_warps,
+        BLOCK_N=block_n, ASM=USE_ASM, num_warps=num_warps,
     )
     return out

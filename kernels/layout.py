@@ -8,14 +8,16 @@ dimension. GPTQModel keeps the true zero points in memory ("v2"); the saved "v1"
 zero-1, which GPTQModel's loader undoes. Everything here takes true zero points.
 
 Kernel layout (`KernelWeights`): every int32 word holds F = floor(32 / b) codes (16, 10, 8 for b = 2,
-3, 4; 3-bit leaves two bits unused so that no code crosses a word). The input dimension is padded to
-blocks of BLOCK_ROWS[b] rows (512, 640, 512), each made of 16-row sub-tiles: row r = j*16 + w of a
-block (sub-tile j, row w in 0..15) is field j % F, at bit b*(j % F), of word row (j // F)*16 + w of the
-block. So a block is 2-4 [16, BLOCK_N] tiles of words, each loaded once; a tile yields F sub-tiles of
-16 consecutive rows with compile-time shifts, and each sub-tile lies in one quantization group (group
-sizes are multiples of 16 that divide the block or are multiples of it), so it needs one row of scales
-and zero points. Rows are sorted by group (`perm`) so that act-order (`desc_act`) checkpoints get
-contiguous groups.
+3, 4; 3-bit leaves two bits unused so that no code crosses a word), F / 2 in each 16-bit half, and the
+two halves hold two consecutive rows of one column, so that the kernels decode both with one
+instruction into a packed f16x2/bf16x2 pair (pair_decode.py). The input dimension is padded to blocks
+of BLOCK_ROWS[b] rows (512, 640, 512), each made of pieces of P word rows (P = pair_rows(group size):
+32, or 16/8 for groups of 32/16 rows) that hold P * F rows. Row r = 2P*f + 2p + h of a piece (field f
+in 0..F/2-1, word row p in 0..P-1, half h in 0..1) is at bit 16*h + b*f of word row p of the piece
+(`code_location`). So a [P, BLOCK_N] tile of words, loaded once, yields F / 2 sub-tiles of 2P
+consecutive rows; a sub-tile lies in one quantization group (2P divides the group size, and groups
+divide the block or are multiples of it), so it needs one row of scales and zero points. Rows are
+sorted by group (`perm`) so that act-order (`desc_act`) checkpoints get contiguous groups.
 """
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -23,18 +25,36 @@ from typing import Optional
 import torch
 
 SUPPORTED_BITS = (2, 3, 4)
-SUBTILE_ROWS = 16
+MIN_GROUP_ROWS = 16  # one tensor-core K step: the smallest sub-tile
 WORD_BITS = 32
-# Rows per block: a whole number of word tiles (16 * F rows each) and of 128-row groups.
+HALF_BITS = 16
+# Rows per block: a whole number of pieces (P * F rows each, P <= 32) and of 128-row groups.
 BLOCK_ROWS = {2: 512, 3: 640, 4: 512}
+# 32 word rows per piece (64-row sub-tiles): the fewest SASS instructions per weight in compile_check.
+MAX_PAIR_ROWS = 32
 
 
 def fields_per_word(bits: int) -> int:
     return WORD_BITS // bits
 
 
-def word_tiles_per_block(bits: int) -> int:
-    return BLOCK_ROWS[bits] // (SUBTILE_ROWS * fields_per_word(bits))
+def pair_rows(rows_per_group: int) -> int:
+    """Word rows P of a piece: sub-tiles of 2P rows must not straddle a group."""
+    return min(MAX_PAIR_ROWS, (rows_per_group & -rows_per_group) // 2)
+
+
+def pieces_per_block(bits: int, pairs: int) -> int:
+    return BLOCK_ROWS[bits] // (pairs * fields_per_word(bits))
+
+
+def code_location(row: int, bits: int, pairs: int) -> tuple:
+    """(word row, bit) of sorted row `row` in the kernel layout: the layout's definition, row by row."""
+    block, within = divmod(row, BLOCK_ROWS[bits])
+    piece, in_piece = divmod(within, pairs * fields_per_word(bits))
+    field, pair = divmod(in_piece, 2 * pairs)
+    word_row, half = divmod(pair, 2)
+    word_row += (block * pieces_per_block(bits, pairs) + piece) * pairs
+    return word_row, HALF_BITS * half + bits * field
 
 
 def check_bits(bits: int) -> None:
@@ -169,6 +189,10 @@ class KernelWeights:
         return self.words.shape[0] * fields_per_word(self.bits)
 
     @property
+    def pair_rows(self) -> int:
+        return pair_rows(self.group_size)
+
+    @property
     def n_blocks(self) -> int:
         return self.padded_in_features // BLOCK_ROWS[self.bits]
 
@@ -214,18 +238,21 @@ def group_sort_permutation(g_idx: torch.Tensor, group_size: int) -> Optional[tor
     return perm.to(torch.int32)
 
 
-def _block_view_shape(k_pad: int, n: int, bits: int) -> tuple:
-    """[block, word tile, field, row, column] view of a [k_pad, n] code matrix (row = j*16 + w,
-    j = word tile * F + field)."""
-    return (k_pad // BLOCK_ROWS[bits], word_tiles_per_block(bits), fields_per_word(bits), SUBTILE_ROWS, n)
+def _block_view_shape(k_pad: int, n: int, bits: int, pairs: int) -> tuple:
+    """[block, piece, field, word row, half, column] view of a [k_pad, n] code matrix."""
+    return (k_pad // BLOCK_ROWS[bits], pieces_per_block(bits, pairs), fields_per_word(bits) // 2, pairs, 2, n)
 
 
 def _field_shifts(bits: int, device) -> torch.Tensor:
-    return (torch.arange(fields_per_word(bits), device=device) * bits).view(1, 1, -1, 1, 1)
+    """Bit 16*h + b*f of field f in half h, shaped to broadcast over `_block_view_shape`."""
+    fields = torch.arange(fields_per_word(bits) // 2, device=device).view(-1, 1) * bits
+    halves = torch.arange(2, device=device).view(1, -1) * HALF_BITS
+    return (fields + halves).view(1, 1, -1, 1, 2, 1)
 
 
 def repack_for_kernels(unpacked: GPTQCodes) -> KernelWeights:
-    """One-time conversion at load time: sort rows by group, pad K to whole blocks, pack F codes/word."""
+    """One-time conversion at load time: sort rows by group, pad K to whole blocks, pack F codes/word
+    (F / 2 per half word, the two halves two consecutive rows)."""
     bits = unpacked.bits
     check_bits(bits)
     codes = unpacked.codes
@@ -237,17 +264,17 @@ def repack_for_kernels(unpacked: GPTQCodes) -> KernelWeights:
     per_channel = unpacked.group_size == -1 or unpacked.group_size >= in_features
     rows_per_group = k_pad if per_channel else unpacked.group_size
     # Group boundaries must fall on sub-tile edges at positions known at compile time.
-    if rows_per_group % SUBTILE_ROWS or (block_rows % rows_per_group and rows_per_group % block_rows):
+    if rows_per_group % MIN_GROUP_ROWS or (block_rows % rows_per_group and rows_per_group % block_rows):
         raise ValueError(f"group_size={unpacked.group_size} is not supported by the VLMQ kernels at {bits} bits: it "
-                         f"must be -1 or a multiple of {SUBTILE_ROWS} that divides {block_rows} or is a multiple of "
+                         f"must be -1 or a multiple of {MIN_GROUP_ROWS} that divides {block_rows} or is a multiple of "
                          "it. Serve this checkpoint with GPTQModel's TorchLinear.")
     perm = group_sort_permutation(unpacked.g_idx, -1 if per_channel else unpacked.group_size)
     if perm is not None:
         codes = codes[perm.long()]
     padded = torch.zeros((k_pad, out_features), dtype=torch.int64, device=codes.device)
     padded[:in_features] = codes.to(torch.int64)
-    fields = padded.view(_block_view_shape(k_pad, out_features, bits))
-    words = (fields << _field_shifts(bits, codes.device)).sum(dim=2)
+    fields = padded.view(_block_view_shape(k_pad, out_features, bits, pair_rows(rows_per_group)))
+    words = (fields << _field_shifts(bits, codes.device)).sum(dim=(2, 4))
     return KernelWeights(
         bits=bits,
         in_features=in_features,
@@ -263,8 +290,8 @@ def repack_for_kernels(unpacked: GPTQCodes) -> KernelWeights:
 def unrepack(weights: KernelWeights) -> GPTQCodes:
     """Inverse of `repack_for_kernels` (codes back in the original row order), for tests and tools."""
     bits, k_pad, n = weights.bits, weights.padded_in_features, weights.out_features
-    shape = list(_block_view_shape(k_pad, n, bits))
-    shape[2] = 1
+    shape = list(_block_view_shape(k_pad, n, bits, weights.pair_rows))
+    shape[2] = shape[4] = 1
     words = (weights.words.to(torch.int64) & 0xFFFFFFFF).view(shape)
     fields = (words >> _field_shifts(bits, words.device)) & ((1 << bits) - 1)
     codes = fields.reshape(k_pad, n)[:weights.in_features]

@@ -64,19 +64,24 @@ def test_repack_round_trip(bits, k, n, group_size, desc_act):
 
 
 @pytest.mark.parametrize("bits", layout.SUPPORTED_BITS)
-def test_kernel_layout_matches_its_description(bits):
-    """Row j*16 + w of a block is field j % F (at bit bits*(j % F)) of word row (j // F)*16 + w."""
+@pytest.mark.parametrize("group_size,pairs", [(16, 8), (32, 16), (128, 32), (-1, 32)])
+def test_kernel_layout_matches_its_description(bits, group_size, pairs):
+    """Row 2P*f + 2p + h of a piece is at bit 16*h + b*f of its word row p; every code has its own bits."""
     k = 2 * layout.BLOCK_ROWS[bits]
-    unpacked = synthetic_gptq(bits, k, 8, -1, False, seed=1)
-    words = layout.repack_for_kernels(unpacked).words.to(torch.int64) & 0xFFFFFFFF
-    fields = layout.fields_per_word(bits)
-    tiles = layout.word_tiles_per_block(bits)
+    unpacked = synthetic_gptq(bits, k, 8, group_size, False, seed=1)
+    weights = layout.repack_for_kernels(unpacked)
+    assert weights.pair_rows == pairs
+    words = weights.words.to(torch.int64) & 0xFFFFFFFF
+    seen = set()
     for row in range(k):
-        block, within = divmod(row, layout.BLOCK_ROWS[bits])
-        j, w = divmod(within, layout.SUBTILE_ROWS)
-        word_row = block * tiles * layout.SUBTILE_ROWS + (j // fields) * layout.SUBTILE_ROWS + w
-        field = (words[word_row] >> (bits * (j % fields))) & ((1 << bits) - 1)
+        word_row, bit = layout.code_location(row, bits, pairs)
+        assert bit % 16 + bits <= 16  # no code crosses a half word
+        seen.add((word_row, bit))
+        field = (words[word_row] >> bit) & ((1 << bits) - 1)
         assert torch.equal(field, unpacked.codes[row].long()), row
+    assert len(seen) == k and max(w for w, _ in seen) == words.shape[0] - 1
+    # the two halves of a word are consecutive rows
+    assert layout.code_location(2 * pairs + 1, bits, pairs) == (0, 16 + bits)
 
 
 def test_bytes_per_weight_of_the_kernel_layout():

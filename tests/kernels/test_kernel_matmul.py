@@ -108,13 +108,11 @@ def test_one_wrong_code_is_caught(m, dtype):
     """Flip one code by one step in the kernel's words: the comparison above must fail."""
     unpacked, weights, x, bias = make_case(3, 32, False, m, dtype, seed=2)
     k_row = int(x[0].abs().argmax())  # a row whose activation is not negligible
-    j, w = divmod(k_row, layout.SUBTILE_ROWS)
-    fields = layout.fields_per_word(3)
-    word_row = (j // fields) * layout.SUBTILE_ROWS + w
+    word_row, bit = layout.code_location(k_row, 3, weights.pair_rows)
     words = weights.words.clone()
-    code = (words[word_row, 5] >> (3 * (j % fields))) & 7
+    code = (words[word_row, 5] >> bit) & 7
     step = 1 if code < 7 else -1
-    words[word_row, 5] += step << (3 * (j % fields))
+    words[word_row, 5] += step << bit
     corrupted = dataclasses.replace(weights, words=words)
     assert violations(dispatch.quantized_matmul(x, weights, bias), unpacked, x, bias) == 0
     assert violations(dispatch.quantized_matmul(x, corrupted, bias), unpacked, x, bias) > 0

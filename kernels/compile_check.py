@@ -58,8 +58,8 @@ class StaticReport:
     mix: dict
 
 
-def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: bool = False) -> list:
-    """The launch configurations dispatch.py picks, one per M bucket, plus the fallback's dequant."""
+def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: bool = False, arch: int = 90) -> list:
+    """The launch configurations dispatch.py picks on `arch`, one per M bucket, plus the fallback's dequant."""
     block_rows = layout.BLOCK_ROWS[bits]
     common = dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, HAS_BIAS=False, ASM=asm, UPCAST_DOT=False)
     found = []
@@ -70,7 +70,7 @@ def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: boo
             dict(common, ATOMIC_OUT=False, BLOCK_M=block_m_for(m), BLOCK_N=config.block_n),
             config.num_warps, 1, block_rows * config.block_n / (32 * config.num_warps)))
     for m, label in ((32, "17-32"), (64, "33-64"), (1024, "65+")):
-        config = dispatch.prefill_config(m)
+        config = dispatch.prefill_config(m, arch)
         found.append(Variant(
             f"gemm_tiled M={label}", _gemm_tiled_kernel,
             dict(common, BLOCK_M=config.block_m, BLOCK_N=config.block_n, GROUP_M=8),
@@ -175,7 +175,7 @@ def main(argv=None) -> None:
         for bits in args.bits:
             for asm in ASM_CHOICES[args.asm]:
                 print(f"-- {bits}-bit, group 128, asm {'on' if asm else 'off'}")
-                for variant in variants(bits, asm=asm):
+                for variant in variants(bits, asm=asm, arch=arch):
                     print(format_report(compile_variant(variant, arch)))
 
 

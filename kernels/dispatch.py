@@ -96,9 +96,22 @@ def decode_config(out_features: int, n_blocks: int, sm_count: int) -> DecodeConf
     return DecodeConfig(block_n=block_n, split_k=split_k, num_warps=4)
 
 
-def prefill_config(m: int) -> PrefillConfig:
+def compute_capability(device: torch.device) -> Optional[int]:
+    """80 for sm_80, 90 for sm_90, ...; None off CUDA (the interpreter takes the sm_90 configurations)."""
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return 10 * major + minor
+
+
+def prefill_config(m: int, arch: Optional[int] = None) -> PrefillConfig:
     if m <= 32:
         return PrefillConfig(block_m=32, block_n=64, num_warps=4, num_stages=1)  # 2 stages spill on sm_80
+    if arch is not None and arch < 90:
+        # Before Hopper the two tiles below hit 255 registers and spill (20-260 B at 64 x 64, 2-7 KB at
+        # 128 x 128, compile_check --arch 80); one 64 x 128 tile at 8 warps and one stage takes 179-186
+        # registers at 2, 3 and 4 bits with no spill.
+        return PrefillConfig(block_m=64, block_n=128, num_warps=8, num_stages=1)
     if m <= 64:
         return PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
     return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2)
@@ -123,7 +136,7 @@ def quantized_matmul(x: torch.Tensor, weights: KernelWeights, bias: Optional[tor
         return gemv_splitk(x, weights, bias, block_n=config.block_n, split_k=config.split_k,
                            num_warps=config.num_warps)
     if algorithm == "gemm_tiled":
-        config = prefill_config(m)
+        config = prefill_config(m, compute_capability(x.device))
         return gemm_tiled(x, weights, bias, block_m=config.block_m, block_n=config.block_n,
                           num_warps=config.num_warps, num_stages=config.num_stages)
     if algorithm == "dequant_matmul":

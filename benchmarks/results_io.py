@@ -3,6 +3,7 @@ and files replaced whole (written beside, then renamed) so an interrupted run ne
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -12,7 +13,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def reproduce_line(script: str, argv=None) -> str:
     """'reproduce: `python benchmarks/<script> ARGS`' with the arguments this run was given."""
     args = sys.argv[1:] if argv is None else list(argv)
-    return f"reproduce: `{' '.join(['python', f'benchmarks/{script}', *args])}`"
+    # quoted as a shell needs them (a --study-variants list has spaces and parentheses)
+    return f"reproduce: `{shlex.join(['python', f'benchmarks/{script}', *args])}`"
 
 
 def write_text(path, text: str) -> Path:

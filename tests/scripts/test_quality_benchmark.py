@@ -86,6 +86,8 @@ def test_the_study_runs_only_the_variants_asked_for(tiny_vlm, tmp_path):
                 "w3g32", "--study-seeds", "0", "--study-variants", "GPTAQ alpha=0.25,VLMQ(gptaq) residual=uniform")
     assert sorted(k for k in runs if k != "FP") == ["study|c4|w3g32|GPTAQ alpha=0.25|s0",
                                                     "study|c4|w3g32|VLMQ(gptaq) residual=uniform|s0"]
-    assert "| W3 g32 | VLMQ(gptaq) residual=uniform − GPTAQ alpha=0.25 |" in (tmp_path / "q" / "quality.md").read_text()
+    report = (tmp_path / "q" / "quality.md").read_text()
+    assert "| W3 g32 | VLMQ(gptaq) residual=uniform − GPTAQ alpha=0.25 |" in report
+    assert "--study-variants 'GPTAQ alpha=0.25,VLMQ(gptaq) residual=uniform'" in report  # a shell can rerun it
     refused = _run(model_dir, tmp_path / "q", "--parts", "gptaq-study", "--study-variants", "GPTAQ alpha=0.3", ok=False)
     assert refused.returncode != 0 and "--study-variants" in refused.stderr

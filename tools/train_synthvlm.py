@@ -54,11 +54,11 @@ from vlmq_gptqmodel.families import QWEN_VL
 from vlmq_gptqmodel.synth import tiny_vlm
 from vlmq_gptqmodel.synth.evaluation import evaluate
 from vlmq_gptqmodel.synth.world import (
-    CAPTION_PROMPT, WORLD_IMAGE_SIZE, WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
+    WORLD_IMAGE_SIZE, WORLD_VOCAB, WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
 )
 from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
 from vlmq_gptqmodel.synth.world.scene import SceneText
-from vlmq_gptqmodel.synth.world.vocab import VOCAB
+from vlmq_gptqmodel.synth.world.vocab import NAMES
 
 SIZES = tiny_vlm.SYNTHVLM_SIZES
 VALIDATION_SEED = 1  # train split, seed 1: disjoint from the training stream (seed 0) and from eval
@@ -72,6 +72,10 @@ PRESETS = {
     "synthvlm": {},
     "deep": dict(world="deep", image_size=WORLD_IMAGE_SIZE["deep"], layers=8, batch_size=24,
                  max_stage_steps=400, max_minutes=170.0, out="runs/deep"),
+    # the deep model's sizes in the names world (many token identities in every prompt; vocab.py), with the
+    # copy hop supervised
+    "names": dict(world="names", image_size=WORLD_IMAGE_SIZE["names"], layers=8, batch_size=24,
+                  max_stage_steps=400, max_minutes=170.0, copy_loss=1.0, out="runs/names"),
 }
 
 
@@ -79,7 +83,7 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=tuple(PRESETS), default="synthvlm",
                    help="a named recipe that sets the defaults of the other flags (synthvlm: the shipped model; "
-                        "deep: the 8-layer, 196-image-token headroom model)")
+                        "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
                    help="which synthetic world to learn (its final stage is the evaluation distribution)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
@@ -109,6 +113,15 @@ def parse_args(argv=None):
     p.add_argument("--read-loss", type=float, default=1.0,
                    help="weight of the probe that reads the read token's labels and tile off the residual stream "
                         "after --bind-layer (0: off; needs --bind-loss > 0)")
+    p.add_argument("--copy-loss", type=float, default=0.0,
+                   help="weight of a third attention-supervision loss (names world): head 0 of the layer after "
+                        "--bind-layer should attend, from the position predicting a name, to that name in the "
+                        "prompt's list (0: off)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="start a new run from another run's checkpoint instead of a fresh model: its language and "
+                        "vision weights, with the rows of words this world adds to the vocabulary left at their "
+                        "fresh initialisation; training starts at --init-stage (ignored once OUT/ckpt.pt exists)")
+    p.add_argument("--init-stage", type=int, default=1, help="the curriculum stage an --init-from run starts at")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
     p.add_argument("--caption-probability", type=float, default=0.3,
@@ -131,11 +144,18 @@ def parse_args(argv=None):
     if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
         raise SystemExit(f"--bind-layer {args.bind_layer} does not fit a {args.layers}-layer language model: the "
                          f"layer before it gathers the question's words, so use 1..{args.layers - 1}, or --bind-loss 0")
+    if args.copy_loss > 0 and not (args.bind_loss > 0 and args.bind_layer + 1 < args.layers):
+        raise SystemExit(f"--copy-loss supervises the layer after --bind-layer {args.bind_layer}: it needs "
+                         f"--bind-loss > 0 and --bind-layer below {args.layers - 1}")
+    if args.init_from and not Path(args.init_from).is_file():
+        raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file; give a run's OUT/ckpt.pt")
+    if not 1 <= args.init_stage <= final_stage(args.world):
+        raise SystemExit(f"--init-stage {args.init_stage}: the {args.world} world has stages 1..{final_stage(args.world)}")
     return args
 
 
 def build_fresh_model(args):
-    tokenizer = tiny_vlm.build_tokenizer(VOCAB)
+    tokenizer = tiny_vlm.build_tokenizer(WORLD_VOCAB[args.world])
     processor = tiny_vlm.build_processor(tokenizer, ARCH, args.image_size)
     config = tiny_vlm.tiny_config(
         ARCH, len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -159,7 +179,7 @@ def training_rows(sample, rng: np.random.Generator, with_caption: bool) -> list[
     come after the image (so image tokens cannot see them) and earlier answers give later ones away."""
     pool = [(qa.question, qa.answer, qa.subject) for qa in sample.qa]
     if with_caption:
-        pool.append((CAPTION_PROMPT, sample.caption, None))
+        pool.append((sample.caption_prompt, sample.caption, None))
     picks = rng.choice(len(pool), size=min(ROWS_PER_IMAGE, len(pool)), replace=False)
     return [([user_turn(sample.image, pool[j][0]), assistant_turn(pool[j][1])], pool[j][2]) for j in picks]
 
@@ -280,13 +300,16 @@ class HeadAttention:
 
 
 def binding_targets(input_ids: torch.Tensor, labels_mask: torch.Tensor, subjects, image_size: int,
-                    tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
-    """Where the position that predicts each answer word should look, in two hops, as rows (row, query, key,
-    group); a group is one query, and its keys share one target. gather: the question's words that name the
-    subject (its colour and/or shape; none for text). read: the subject's image token, or for text the glyph
-    that word spells. Rows without a subject (captions) get none."""
+                    tokenizer) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where the position that predicts each answer word should look, in up to three hops, as rows (row, query,
+    key, group); a group is one query, and its keys share one target. gather: the question's words that name
+    the subject (its colour and/or shape; none for text), after the names world's list. read: the subject's
+    image token, or for text the glyph that word spells. copy: for an answer that is a name, that name in the
+    list. Rows without a subject (captions) get none."""
     image_pad_id = tokenizer.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD)
-    gather, read, gather_groups = [], [], 0
+    list_end = tokenizer.convert_tokens_to_ids(".")
+    name_ids = set(tokenizer.convert_tokens_to_ids(list(NAMES)))
+    gather, read, copy, gather_groups = [], [], [], 0
     for row, subject in enumerate(subjects):
         if subject is None:
             continue
@@ -299,11 +322,17 @@ def binding_targets(input_ids: torch.Tensor, labels_mask: torch.Tensor, subjects
             query = position - 1
             tile = tiles[k] if isinstance(subject, SceneText) else tiles[0]
             read.append((row, query, int(image_positions[tile]), len(read)))
-            words = [i for i in range(query) if int(ids[i]) in naming]
+            ends = (ids[:query] == list_end).nonzero()[:, 0]
+            question_start = int(ends[-1]) + 1 if len(ends) else 0
+            words = [i for i in range(question_start, query) if int(ids[i]) in naming]
             if words:
                 gather += [(row, query, key, gather_groups) for key in words]
                 gather_groups += 1
-    return tuple(torch.tensor(hop, dtype=torch.long).reshape(-1, 4) for hop in (gather, read))
+            answer = int(ids[position])
+            if answer in name_ids:
+                listed = (ids[:query] == answer).nonzero()[:, 0]
+                copy += [(row, query, int(listed[0]), len(copy))] if len(listed) else []
+    return tuple(torch.tensor(hop, dtype=torch.long).reshape(-1, 4) for hop in (gather, read, copy))
 
 
 def read_tiles(input_ids: torch.Tensor, read: torch.Tensor, image_pad_id: int) -> torch.Tensor:
@@ -360,6 +389,26 @@ def validate(model, processor, args, stage: int) -> dict:
                                "blank_accuracy": round(blank.accuracy, 4)}
     model.train()
     return report
+
+
+def load_overlapping(model, saved: dict) -> None:
+    """Load another run's weights; an embedding or output matrix with fewer rows (a smaller vocabulary whose
+    words this world's vocabulary starts with) fills the first rows and leaves the rest as initialised."""
+    current = model.state_dict()
+    unknown = [k for k in saved if k not in current]
+    if unknown:
+        raise SystemExit(f"--init-from: the checkpoint has weights this model lacks ({unknown[:3]}); "
+                         f"give a run of the same architecture")
+    with torch.no_grad():
+        for name, value in saved.items():
+            target = current[name]
+            if value.shape == target.shape:
+                target.copy_(value)
+            elif value.shape[1:] == target.shape[1:] and value.shape[0] < target.shape[0]:
+                target[:value.shape[0]].copy_(value)
+            else:
+                raise SystemExit(f"--init-from: {name} is {tuple(value.shape)} there and {tuple(target.shape)} "
+                                 f"here; give a run with the same sizes (--hidden, --layers, ...)")
 
 
 def save_checkpoint(path: Path, model, optimizer, probes, probe_optimizer, state: dict) -> None:
@@ -433,7 +482,7 @@ def main(argv=None) -> int:
                                   for name in ("tiles", "read")})
     model.to(device), probes.to(device)
     vision_tokens = VisionTokens(model)
-    hops = (args.bind_layer - 1, args.bind_layer)
+    hops = (args.bind_layer - 1, args.bind_layer) + ((args.bind_layer + 1,) if args.copy_loss > 0 else ())
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
     read_output = LayerOutput(model, args.bind_layer) if args.bind_loss > 0 and args.read_loss > 0 else None
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
@@ -456,6 +505,12 @@ def main(argv=None) -> int:
             probe_optimizer.load_state_dict(probe_optimizer_state)
         state.update(saved)
         print(f"resumed at step {state['step']} (stage {state['stage']})", flush=True)
+    elif args.init_from:
+        load_overlapping(model, torch.load(args.init_from, weights_only=False, map_location=device)["model"])
+        state["stage"] = args.init_stage
+        if args.init_stage == final_stage(args.world):
+            state["final_start"] = 0
+        print(f"starting from {args.init_from} at stage {args.init_stage}", flush=True)
     torch.manual_seed(args.seed + state["step"])
     rng = np.random.default_rng([args.seed, state["step"]])
     stream = CurriculumStream(args, state["counters"])
@@ -493,8 +548,9 @@ def main(argv=None) -> int:
             targets = binding_targets(batch["input_ids"].cpu(), batch["labels_mask"].cpu(), rows.subjects,
                                       args.image_size, processor.tokenizer)
             targets = tuple(t.to(device) for t in targets)
-            for name, layer, hop_targets in zip(("gather_loss", "read_loss"), hops, targets):
-                auxiliary[name] = (args.bind_loss, lambda layer=layer, hop_targets=hop_targets:
+            weights = (args.bind_loss, args.bind_loss, args.copy_loss)
+            for name, layer, weight, hop_targets in zip(("gather_loss", "read_loss", "copy_loss"), hops, weights, targets):
+                auxiliary[name] = (weight, lambda layer=layer, hop_targets=hop_targets:
                                    binding_loss(head_attention.weights[layer], hop_targets))
             read = targets[1]
             if read_output is not None and len(read):

@@ -124,7 +124,8 @@ def test_binding_targets_point_each_answer_word_at_the_tokens_it_needs():
     batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
     ids, tok = batch["input_ids"], processor.tokenizer
     image_pad = tok.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD)
-    gather, read = train_synthvlm.binding_targets(ids, batch["labels_mask"], rows.subjects, args.image_size, tok)
+    gather, read, copy = train_synthvlm.binding_targets(ids, batch["labels_mask"], rows.subjects, args.image_size, tok)
+    assert len(copy) == 0  # no names in this world
     with_subject = [i for i, subject in enumerate(rows.subjects) if subject is not None]
     assert sorted(set(read[:, 0].tolist())) == with_subject and len(with_subject) < len(rows.subjects)
     assert read[:, 3].tolist() == list(range(len(read)))  # one key per query
@@ -195,3 +196,70 @@ def test_a_bind_layer_outside_the_model_is_refused_before_training(tmp_path):
         with pytest.raises(SystemExit, match=f"--bind-layer {layer} does not fit a 2-layer"):
             train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--bind-layer", layer])
     assert not (tmp_path / "run").exists()
+
+
+NAMES_TINY = ["--preset", "names", *TINY, "--layers", "3", "--image-size", "112"]
+
+
+def test_in_the_names_world_gather_reads_the_question_and_copy_the_listed_name():
+    """gather keys: the naming words of the question itself, never the list's colour words before it; copy:
+    from the position predicting a name, the one place that name sits in the list, after its colour."""
+    args = train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--batch-size", "40"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(4, np.random.default_rng(0))  # colour and name questions
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    ids, tok = batch["input_ids"], processor.tokenizer
+    gather, read, copy = train_synthvlm.binding_targets(ids, batch["labels_mask"], rows.subjects, args.image_size, tok)
+    end = tok.convert_tokens_to_ids(".")
+    for row, query, key, _ in gather.tolist():
+        assert (ids[row, key:query] == end).sum() == 0  # after the list's closing "."
+    assert len(copy) > 0 and copy[:, 3].tolist() == list(range(len(copy)))
+    for row, query, key, _ in copy.tolist():
+        answer = tok.convert_ids_to_tokens(int(ids[row, query + 1]))
+        subject = rows.subjects[row]
+        assert answer == rows.scenes[row].name_of(subject.colour)
+        assert int(ids[row, key]) == int(ids[row, query + 1])
+        assert tok.convert_ids_to_tokens(ids[row, key - 2:key].tolist()) == [subject.colour, "is"]
+    name_rows = {row for row, *_ in copy.tolist()}
+    assert name_rows < {row for row, *_ in read.tolist()}  # colour questions read the image but copy nothing
+
+
+def test_a_names_run_can_start_from_a_deep_run_and_keeps_the_shared_words(tmp_path):
+    deep_args = train_synthvlm.parse_args(["--preset", "deep", *TINY, "--layers", "3", "--image-size", "112",
+                                           "--out", "unused"])
+    deep, deep_processor = train_synthvlm.build_fresh_model(deep_args)
+    torch.save({"model": deep.state_dict()}, tmp_path / "deep.pt")
+    names_args = train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--seed", "1"])
+    model, processor = train_synthvlm.build_fresh_model(names_args)
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    train_synthvlm.load_overlapping(model, deep.state_dict())
+    shared = len(deep_processor.tokenizer)
+    assert len(processor.tokenizer) > shared
+    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        new, old = model.state_dict()[name], deep.state_dict()[name]
+        assert torch.equal(new[:shared], old) and torch.equal(new[shared:], fresh[name][shared:])
+    assert torch.equal(model.state_dict()["model.visual.merger.mlp.0.weight"],
+                       deep.state_dict()["model.visual.merger.mlp.0.weight"])
+
+    out = tmp_path / "run"
+    assert train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-from", str(tmp_path / "deep.pt"),
+                                             "--init-stage", "4"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {entry["stage"] for entry in log if "stage" in entry} == {4, 5}
+    assert all(0 < entry["copy_loss"] < 15 for entry in log if "copy_loss" in entry)
+
+
+def test_names_run_options_that_cannot_work_are_refused_before_training(tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit, match="--copy-loss supervises the layer after"):
+        train_synthvlm.main(["--preset", "names", *TINY, "--out", str(out)])  # 2 layers: no layer after 1
+    with pytest.raises(SystemExit, match="no such checkpoint"):
+        train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-from", str(tmp_path / "missing.pt")])
+    with pytest.raises(SystemExit, match="has stages 1..5"):
+        train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-stage", "6"])
+    assert not out.exists()
+    wide = train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--hidden", "32"])
+    narrow, _ = train_synthvlm.build_fresh_model(train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused"]))
+    model, _ = train_synthvlm.build_fresh_model(wide)
+    with pytest.raises(SystemExit, match="same sizes"):
+        train_synthvlm.load_overlapping(model, narrow.state_dict())

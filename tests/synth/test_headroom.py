@@ -4,7 +4,9 @@ import torch
 
 import headroom_probe  # tools/ is on pytest's pythonpath (pyproject.toml)
 from vlmq_gptqmodel.rtn import group_grid, on_grid, rtn_quantize_weight
-from vlmq_gptqmodel.synth.headroom import gptq_reference, layer_error, participation_ratio
+from vlmq_gptqmodel.synth.headroom import (
+    gptq_reference, input_moments, layer_error, participation_ratio, top_direction_share,
+)
 from vlmq_gptqmodel.synth.rtn_baseline import decoder_linears
 
 
@@ -13,6 +15,13 @@ def test_participation_ratio_counts_the_directions_the_inputs_span():
     v = torch.randn(16, 1)
     assert participation_ratio(v @ v.T) == pytest.approx(1)
     assert participation_ratio(torch.diag(torch.tensor([1.0, 1.0, 0.0, 0.0]))) == pytest.approx(2)
+
+
+def test_top_direction_share_is_the_strongest_eigenvalues_part_of_the_trace():
+    assert top_direction_share(torch.eye(16)) == pytest.approx(1 / 16)
+    q, _ = torch.linalg.qr(torch.randn(8, 8, dtype=torch.float64))  # a rotated, not axis-aligned, spectrum
+    h = q @ torch.diag(torch.tensor([6.0, 2.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)) @ q.T
+    assert top_direction_share(h) == pytest.approx(0.6)
 
 
 def test_without_correlated_inputs_gptq_has_nothing_to_move_and_is_rtn():
@@ -49,6 +58,24 @@ def test_on_low_rank_inputs_gptq_removes_most_of_rtns_error_and_act_order_follow
     assert layer_error(w, w, h) == 0
 
 
+def test_input_moments_of_kept_tokens_are_the_second_moment_of_those_tokens_alone(tiny_vlm):
+    from transformers import AutoModelForImageTextToText
+    model = AutoModelForImageTextToText.from_pretrained(tiny_vlm()).eval()
+    ids = torch.tensor([[5, 7, 9, 7, 11, 7]])
+    seen = []
+    name, linear = next(iter(decoder_linears(model).items()))
+    handle = linear.register_forward_hook(lambda m, args, out: seen.append(args[0].reshape(-1, args[0].shape[-1])))
+    with torch.no_grad():
+        everything = input_moments(model, [{"input_ids": ids}])
+        sevens = input_moments(model, [{"input_ids": ids}], keep_token=lambda row: row == 7)
+    handle.remove()
+    x = seen[0].double()
+    assert torch.allclose(everything[name], x.T @ x / 6)
+    assert torch.allclose(sevens[name], x[[1, 3, 5]].T @ x[[1, 3, 5]] / 3)
+    with pytest.raises(ValueError, match="no token"):
+        input_moments(model, [{"input_ids": ids}], keep_token=lambda row: row == 1000)
+
+
 def test_the_tool_writes_one_row_per_decoder_linear(tiny_vlm, tmp_path):
     from transformers import AutoModelForImageTextToText
     model_dir = tiny_vlm()
@@ -59,7 +86,17 @@ def test_the_tool_writes_one_row_per_decoder_linear(tiny_vlm, tmp_path):
     names = decoder_linears(AutoModelForImageTextToText.from_pretrained(model_dir))
     rows = [line for line in text.splitlines() if line.startswith("| ") and not line.startswith("| linear")]
     assert len(rows) == len(names)
+    shares = [float(row.split("|")[4]) for row in rows]  # the top-direction column
+    assert all(0 < share <= 1 for share in shares)
+    text_ratios = [float(row.split("|")[11]) for row in rows]  # GPTQ W2 / RTN W4 on the text tokens
+    assert all(ratio > 0 for ratio in text_ratios)
+    assert "on the text tokens alone" in text
     assert "Medians over" in text and "--samples 2" in text
+
+
+def test_the_tool_refuses_a_group_size_that_does_not_divide_the_layers(tiny_vlm):
+    with pytest.raises(SystemExit, match="--group-size 48 does not divide"):
+        headroom_probe.main(["--model", str(tiny_vlm()), "--samples", "1", "--group-size", "48"])
 
 
 def test_the_tool_refuses_an_empty_calibration_set():

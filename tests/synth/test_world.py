@@ -1,13 +1,14 @@
 """The synthetic world: deterministic disjoint splits, answers that match the scene and the pixels, a closed vocabulary."""
 from collections import Counter
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from vlmq_gptqmodel.synth import tiny_vlm
 from vlmq_gptqmodel.synth.world import (
-    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, calibration_conversations, make_samples,
-    questions,
+    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, WORLD_VOCAB, calibration_conversations,
+    caption_conversation, make_samples, questions,
 )
 from vlmq_gptqmodel.synth.world.render import RGB, TILE_ATTRIBUTES, TOKEN_PIXELS, anchor_tile, text_tiles, tile_labels
 from vlmq_gptqmodel.synth.world.scene import SceneText
@@ -119,6 +120,40 @@ def test_answers_and_captions_agree_with_the_scene():
     assert 0.35 < exists["yes"] / sum(exists.values()) < 0.65
     positions = Counter(qa.answer for s in samples for qa in s.qa if qa.kind == "position")
     assert len(positions) == GRID_SIZE * GRID_SIZE
+
+
+def test_names_world_prompts_list_the_scenes_colours_and_the_name_answer_is_the_listed_one():
+    from vlmq_gptqmodel.synth.world.scene import ABSENT_NAMED_COLOURS, NAMES_STAGES
+    from vlmq_gptqmodel.synth.world.vocab import NAMES
+    samples = make_samples("eval", 60, world="names", image_size=112)
+    tokenizer = tiny_vlm.build_tokenizer(WORLD_VOCAB["names"])
+    asked = 0
+    for sample in samples:
+        scene = sample.scene
+        colours = [colour for colour, _ in scene.names]
+        names = [name for _, name in scene.names]
+        present = {o.colour for o in scene.objects}
+        assert len(set(colours)) == len(colours) and len(set(names)) == len(names) and set(names) <= set(NAMES)
+        assert set(colours) >= present and len(colours) == len(present) + ABSENT_NAMED_COLOURS
+        prefix = " , ".join(f"{c} is {n}" for c, n in scene.names) + " . "
+        assert sample.caption_prompt == prefix + CAPTION_PROMPT
+        for qa in sample.qa:
+            assert qa.question.startswith(prefix)
+            assert tokenizer.unk_token_id not in tokenizer(qa.question + " " + qa.answer)["input_ids"]
+            if qa.kind == "name":
+                shape = qa.question.split()[-2]
+                matching = [o for o in scene.objects if o.shape == shape]
+                assert len(matching) == 1 and qa.answer == scene.name_of(matching[0].colour)
+                asked += 1
+            else:
+                _check_answer(sample, replace(qa, question=qa.question[len(prefix):]))
+        assert caption_conversation(sample)[0]["content"][1]["text"] == sample.caption_prompt
+    assert asked > 30
+    assert NAMES_STAGES[-1].kinds == QUESTION_KINDS + ("name",)
+    # the other worlds' prompts and samples are untouched by the names world
+    deep = make_samples("eval", 20, world="deep", image_size=112)
+    assert all(s.scene.names == () and s.caption_prompt == CAPTION_PROMPT for s in deep)
+    assert all(qa.question.split()[0] in ("what", "where") for s in deep for qa in s.qa)
 
 
 def _cell(pixels, row, col):

@@ -9,12 +9,12 @@ from vlmq_gptqmodel.synth.world.samples import (
     make_samples, user_turn,
 )
 from vlmq_gptqmodel.synth.world.scene import (
-    DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLDS, Scene, Stage, final_stage,
+    DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLD_VOCAB, WORLDS, Scene, Stage, final_stage,
 )
 from vlmq_gptqmodel.synth.world.vocab import VOCAB
 
 __all__ = [
     "CAPTION_PROMPT", "DEFAULT_IMAGE_SIZE", "DEFAULT_WORLD", "FINAL_STAGE", "QA", "QUESTION_KINDS", "STAGES", "Sample", "Scene",
-    "Stage", "VOCAB", "WORLDS", "WORLD_IMAGE_SIZE", "assistant_turn", "calibration_conversations", "caption", "caption_conversation", "final_stage",
+    "Stage", "VOCAB", "WORLD_VOCAB", "WORLDS", "WORLD_IMAGE_SIZE", "assistant_turn", "calibration_conversations", "caption", "caption_conversation", "final_stage",
     "make_sample", "make_samples", "questions", "user_turn",
 ]

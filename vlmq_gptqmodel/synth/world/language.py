@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -46,6 +46,17 @@ def caption(scene: Scene) -> str:
     parts = [describe_item(item) for item in scene.items_in_reading_order()]
     body = parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
     return body + " ."
+
+
+def naming_prefix(scene: Scene) -> str:
+    """The names world's list, "red is n017 , blue is n203 . " ("" in scenes without names)."""
+    if not scene.names:
+        return ""
+    return " , ".join(f"{colour} is {name}" for colour, name in scene.names) + " . "
+
+
+def caption_prompt(scene: Scene) -> str:
+    return naming_prefix(scene) + CAPTION_PROMPT
 
 
 def _unique(objects, key):
@@ -109,13 +120,23 @@ def ask_text(scene: Scene, rng: np.random.Generator) -> QA | None:
     return QA("text", "what does the text say ?", spelled(scene.text.glyphs), scene.text)
 
 
+def ask_name(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """The name the list gives the colour of the object with a unique shape (the image says which colour)."""
+    if not scene.names:
+        return None
+    return _ask_about_unique(scene, rng, "name", lambda o: o.shape,
+                             lambda o: f"what is the name of the {o.shape} ?", lambda o: scene.name_of(o.colour))
+
+
 ASKERS = {
     "colour": ask_colour, "shape": ask_shape, "count": ask_count,
-    "exists": ask_exists, "position": ask_position, "text": ask_text,
+    "exists": ask_exists, "position": ask_position, "text": ask_text, "name": ask_name,
 }
 
 
 def questions(scene: Scene, rng: np.random.Generator, kinds) -> list[QA]:
-    """At most one question per kind, in `kinds` order; kinds the scene cannot support are skipped."""
+    """At most one question per kind, in `kinds` order; kinds the scene cannot support are skipped. In the
+    names world every question starts with the scene's name list."""
     asked = (ASKERS[kind](scene, rng) for kind in kinds)
-    return [qa for qa in asked if qa is not None]
+    prefix = naming_prefix(scene)
+    return [replace(qa, question=prefix + qa.question) if prefix else qa for qa in asked if qa is not None]

@@ -6,14 +6,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from vlmq_gptqmodel.synth.world.language import CAPTION_PROMPT, QA, caption, questions
+from vlmq_gptqmodel.synth.world.language import QA, caption, caption_prompt, questions
 from vlmq_gptqmodel.synth.world.render import render_scene
 from vlmq_gptqmodel.synth.world.scene import DEFAULT_WORLD, WORLDS, Scene, final_stage, get_stage, sample_scene
 
 # 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
 DEFAULT_IMAGE_SIZE = 224
 # The deep world's images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
-WORLD_IMAGE_SIZE = {"synthvlm": DEFAULT_IMAGE_SIZE, "deep": 392}
+WORLD_IMAGE_SIZE = {"synthvlm": DEFAULT_IMAGE_SIZE, "deep": 392, "names": 392}
 # Each split draws from its own seed stream, so no split can ever reproduce another's samples.
 SPLIT_STREAMS = {"train": 0, "calib": 1, "eval": 2, "select": 3}  # select: for choosing settings (never eval)
 
@@ -24,6 +24,10 @@ class Sample:
     caption: str
     qa: list[QA]
     scene: Scene
+
+    @property
+    def caption_prompt(self) -> str:
+        return caption_prompt(self.scene)
 
 
 def sample_rng(split: str, seed: int, index: int, stage: int | None,
@@ -73,7 +77,7 @@ def assistant_turn(text: str) -> dict:
 
 
 def caption_conversation(sample: Sample) -> list[dict]:
-    return [user_turn(sample.image, CAPTION_PROMPT), assistant_turn(sample.caption)]
+    return [user_turn(sample.image, sample.caption_prompt), assistant_turn(sample.caption)]
 
 
 def calibration_conversations(n: int, seed: int = 0, **kw) -> list[list[dict]]:

@@ -5,11 +5,11 @@ training script can start with one big object and end with the full, evaluation-
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vlmq_gptqmodel.synth.world.vocab import COLOURS, GLYPHS, GRID_SIZE, SHAPES, SIZES
+from vlmq_gptqmodel.synth.world.vocab import COLOURS, GLYPHS, GRID_SIZE, NAMES, NAMES_VOCAB, SHAPES, SIZES, VOCAB
 
 # The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
 # questions; a from-scratch model of the shipped size did not learn them on CPU (tools/TRAINING-history.md).
@@ -28,6 +28,7 @@ class Stage:
     kinds: tuple[str, ...]
     captions: bool
     glyphs: tuple[int, int] = (2, 3)  # shortest and longest text
+    names: bool = False  # prompts start with the scene's colour -> name list (the names world)
 
 
 # Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
@@ -51,8 +52,20 @@ DEEP_STAGES = STAGES[:2] + (
     Stage(1, 2, SIZES, 1.0, ("position", "text"), False, glyphs=(3, 4)),
     Stage(2, 4, SIZES, 0.7, QUESTION_KINDS, True, glyphs=(3, 4)),
 )
-WORLDS = {"synthvlm": STAGES, "deep": DEEP_STAGES}
+
+# The "names" world: the deep world's scenes and questions, every prompt prefixed with a list naming the scene's
+# colours, and "what is the name of the <shape> ?" (vocab.py). Its stage 4 teaches the copy with one to three
+# objects before the final distribution adds it to the deep world's questions and captions.
+NAMES_STAGES = DEEP_STAGES[:3] + (
+    Stage(1, 3, SIZES, 0.0, ("colour", "name"), False, names=True),
+    replace(DEEP_STAGES[3], kinds=QUESTION_KINDS + ("name",), names=True),
+)
+# Append only: a world's position here seeds its sample streams (samples.sample_rng).
+WORLDS = {"synthvlm": STAGES, "deep": DEEP_STAGES, "names": NAMES_STAGES}
+WORLD_VOCAB = {"synthvlm": VOCAB, "deep": VOCAB, "names": NAMES_VOCAB}
 DEFAULT_WORLD = "synthvlm"
+# Colours the name list adds that no object has, so the list alone does not give the answer away.
+ABSENT_NAMED_COLOURS = 1
 
 
 def world_stages(world: str) -> tuple[Stage, ...]:
@@ -95,6 +108,10 @@ class SceneText:
 class Scene:
     objects: tuple[SceneObject, ...]
     text: SceneText | None
+    names: tuple[tuple[str, str], ...] = ()  # (colour, name) in the order the prompt lists them
+
+    def name_of(self, colour: str) -> str:
+        return dict(self.names)[colour]
 
     def items_in_reading_order(self) -> list[SceneObject | SceneText]:
         items = list(self.objects) + ([self.text] if self.text else [])
@@ -119,4 +136,14 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     if has_text:
         glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(stage.glyphs[0], stage.glyphs[1] + 1))))
         text = SceneText(glyphs, int(cells[-1]) // GRID_SIZE, int(cells[-1]) % GRID_SIZE)
-    return Scene(objects, text)
+    return Scene(objects, text, _sample_names(rng, objects) if stage.names else ())
+
+
+def _sample_names(rng: np.random.Generator, objects) -> tuple[tuple[str, str], ...]:
+    """Distinct names for the scene's colours and ABSENT_NAMED_COLOURS others, listed in random order."""
+    present = sorted({o.colour for o in objects})
+    absent = [c for c in COLOURS if c not in present]
+    listed = present + [str(c) for c in rng.choice(absent, size=min(ABSENT_NAMED_COLOURS, len(absent)), replace=False)]
+    listed = [listed[i] for i in rng.permutation(len(listed))]
+    names = rng.choice(NAMES, size=len(listed), replace=False)
+    return tuple((colour, str(name)) for colour, name in zip(listed, names))

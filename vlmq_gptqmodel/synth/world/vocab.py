@@ -34,3 +34,13 @@ VOCAB = tuple(
         + POSITION_WORDS
     )
 )
+
+# The "names" world's extra words. Its prompts start with a list that gives each colour of the scene (and one
+# absent colour) a name, "red is n017 , blue is n203 ." and it asks "what is the name of the circle ?": the
+# answer is copied from the list once the image says the circle is red. Many token identities in the text,
+# as real prompts have, instead of a vocabulary of about seventy words. Appended after VOCAB, so the words
+# the other worlds share keep their token ids (a names-world run may start from a deep-world checkpoint).
+NAME_COUNT = 256
+NAMES = tuple(f"n{i:03d}" for i in range(NAME_COUNT))
+NAMING_WORDS = ("name", "of")
+NAMES_VOCAB = VOCAB + NAMING_WORDS + NAMES

@@ -393,7 +393,12 @@ def validate(model, processor, args, stage: int) -> dict:
 
 def load_overlapping(model, saved: dict) -> None:
     """Load another run's weights; an embedding or output matrix with fewer rows (a smaller vocabulary whose
-    words this world's vocabulary starts with) fills the first rows and leaves the rest as initialised."""
+    words this world's vocabulary starts with) fills the first rows. The added words' input embeddings are
+    scaled to the loaded rows' mean norm (at the initialiser's scale they would be invisible next to trained
+    words), and their output rows start as those embeddings at the loaded output rows' norm: a word a head
+    copies into the residual stream then already scores itself, where an output row at its random
+    initialisation, updated only when that word is the answer (1 in 256 names), took hundreds of steps to
+    point anywhere (tools/TRAINING.md)."""
     current = model.state_dict()
     unknown = [k for k in saved if k not in current]
     if unknown:
@@ -409,6 +414,12 @@ def load_overlapping(model, saved: dict) -> None:
             else:
                 raise SystemExit(f"--init-from: {name} is {tuple(value.shape)} there and {tuple(target.shape)} "
                                  f"here; give a run with the same sizes (--hidden, --layers, ...)")
+        embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+        known = next(len(v) for k, v in saved.items() if current[k].data_ptr() == embedding.data_ptr())
+        if known < len(embedding):
+            norm = lambda rows: rows.norm(dim=1).mean()  # noqa: E731
+            embedding[known:] *= norm(embedding[:known]) / norm(embedding[known:])
+            output[known:] = embedding[known:] * (norm(output[:known]) / norm(embedding[known:]))
 
 
 def save_checkpoint(path: Path, model, optimizer, probes, probe_optimizer, state: dict) -> None:

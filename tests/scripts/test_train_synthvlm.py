@@ -235,9 +235,15 @@ def test_a_names_run_can_start_from_a_deep_run_and_keeps_the_shared_words(tmp_pa
     train_synthvlm.load_overlapping(model, deep.state_dict())
     shared = len(deep_processor.tokenizer)
     assert len(processor.tokenizer) > shared
-    for name in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-        new, old = model.state_dict()[name], deep.state_dict()[name]
-        assert torch.equal(new[:shared], old) and torch.equal(new[shared:], fresh[name][shared:])
+    embedding, output = (model.state_dict()[k] for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"))
+    for name, new in (("model.language_model.embed_tokens.weight", embedding), ("lm_head.weight", output)):
+        assert torch.equal(new[:shared], deep.state_dict()[name])
+        # the added words' rows at the loaded rows' mean norm, not at the initialiser's
+        assert torch.isclose(new[shared:].norm(dim=1).mean(), new[:shared].norm(dim=1).mean(), rtol=1e-4)
+    cosine = torch.nn.functional.cosine_similarity
+    assert torch.allclose(cosine(embedding[shared:], fresh["model.language_model.embed_tokens.weight"][shared:]),
+                          torch.ones(len(embedding) - shared), atol=1e-5)  # same directions, rescaled
+    assert torch.allclose(cosine(output[shared:], embedding[shared:]), torch.ones(len(output) - shared), atol=1e-5)
     assert torch.equal(model.state_dict()["model.visual.merger.mlp.0.weight"],
                        deep.state_dict()["model.visual.merger.mlp.0.weight"])
 

@@ -148,11 +148,16 @@ def test_names_world_prompts_list_the_scenes_colours_and_the_name_answer_is_the_
             else:
                 _check_answer(sample, replace(qa, question=qa.question[len(prefix):]))
         assert caption_conversation(sample)[0]["content"][1]["text"] == sample.caption_prompt
+        for item in scene.items_in_reading_order():  # each object's caption entry carries its colour's name
+            if not isinstance(item, SceneText):
+                entry = f"{item.size} {item.colour} {item.shape} {scene.name_of(item.colour)} "
+                assert entry in sample.caption
     assert asked > 30
     assert NAMES_STAGES[-1].kinds == QUESTION_KINDS + ("name",)
     # the other worlds' prompts and samples are untouched by the names world
     deep = make_samples("eval", 20, world="deep", image_size=112)
     assert all(s.scene.names == () and s.caption_prompt == CAPTION_PROMPT for s in deep)
+    assert not any(word.startswith("n0") for s in deep for word in s.caption.split())
     assert all(qa.question.split()[0] in ("what", "where") for s in deep for qa in s.qa)
 
 

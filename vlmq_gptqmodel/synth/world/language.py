@@ -33,17 +33,21 @@ def spelled(glyphs: str) -> str:
     return " ".join(glyphs)
 
 
-def describe_item(item: SceneObject | SceneText) -> str:
-    """Terse, like a tag list, so captions stay much shorter than the image's token count."""
+def describe_item(item: SceneObject | SceneText, scene: Scene) -> str:
+    """Terse, like a tag list, so captions stay much shorter than the image's token count. In the names world an
+    object's entry carries the name the prompt's list gives its colour, so captions (the calibration data) use
+    the list as the name questions do."""
     where = POSITION_NAMES[item.row][item.col]
     if isinstance(item, SceneText):
         return f"text {spelled(item.glyphs)} {where}"
-    return f"{item.size} {item.colour} {item.shape} {where}"
+    name = f" {scene.name_of(item.colour)}" if scene.names else ""
+    return f"{item.size} {item.colour} {item.shape}{name} {where}"
 
 
 def caption(scene: Scene) -> str:
-    """Every item in reading order: "big red circle top left , small blue square center center and text 4 A bottom center ."."""
-    parts = [describe_item(item) for item in scene.items_in_reading_order()]
+    """Every item in reading order: "big red circle top left , small blue square center center and text 4 A bottom center .";
+    in the names world "big red circle n017 top left , ..."."""
+    parts = [describe_item(item, scene) for item in scene.items_in_reading_order()]
     body = parts[0] if len(parts) == 1 else " , ".join(parts[:-1]) + " and " + parts[-1]
     return body + " ."
 

@@ -119,8 +119,8 @@ def parse_args(argv=None):
                         "prompt's list (0: off)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint instead of a fresh model: its language and "
-                        "vision weights, with the rows of words this world adds to the vocabulary left at their "
-                        "fresh initialisation; training starts at --init-stage (ignored once OUT/ckpt.pt exists)")
+                        "vision weights (words this world adds to the vocabulary get rows as load_overlapping says); "
+                        "training starts at --init-stage (ignored once OUT/ckpt.pt exists)")
     p.add_argument("--init-stage", type=int, default=1, help="the curriculum stage an --init-from run starts at")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
@@ -400,10 +400,10 @@ def load_overlapping(model, saved: dict) -> None:
     initialisation, updated only when that word is the answer (1 in 256 names), took hundreds of steps to
     point anywhere (tools/TRAINING.md)."""
     current = model.state_dict()
-    unknown = [k for k in saved if k not in current]
-    if unknown:
-        raise SystemExit(f"--init-from: the checkpoint has weights this model lacks ({unknown[:3]}); "
-                         f"give a run of the same architecture")
+    unknown, missing = [k for k in saved if k not in current], [k for k in current if k not in saved]
+    if unknown or missing:
+        raise SystemExit(f"--init-from: the checkpoint's weights and this model's differ ({(unknown + missing)[:3]}); "
+                         f"give a run of the same architecture (--layers, --vision-depth, ...)")
     with torch.no_grad():
         for name, value in saved.items():
             target = current[name]
@@ -415,7 +415,7 @@ def load_overlapping(model, saved: dict) -> None:
                 raise SystemExit(f"--init-from: {name} is {tuple(value.shape)} there and {tuple(target.shape)} "
                                  f"here; give a run with the same sizes (--hidden, --layers, ...)")
         embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-        known = next(len(v) for k, v in saved.items() if current[k].data_ptr() == embedding.data_ptr())
+        known = len(saved[next(k for k, p in model.named_parameters() if p is embedding)])
         if known < len(embedding):
             norm = lambda rows: rows.norm(dim=1).mean()  # noqa: E731
             embedding[known:] *= norm(embedding[:known]) / norm(embedding[known:])
@@ -485,7 +485,6 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     device = torch.device(args.device)
     model, processor = build_fresh_model(args)
     n_tiles = args.image_size // TOKEN_PIXELS
@@ -517,7 +516,11 @@ def main(argv=None) -> int:
         state.update(saved)
         print(f"resumed at step {state['step']} (stage {state['stage']})", flush=True)
     elif args.init_from:
-        load_overlapping(model, torch.load(args.init_from, weights_only=False, map_location=device)["model"])
+        start = torch.load(args.init_from, weights_only=False, map_location=device)
+        if not isinstance(start, dict) or "model" not in start:
+            raise SystemExit(f"--init-from {args.init_from} is not a training checkpoint (no 'model' weights); "
+                             f"give a run's OUT/ckpt.pt")
+        load_overlapping(model, start["model"])
         state["stage"] = args.init_stage
         if args.init_stage == final_stage(args.world):
             state["final_start"] = 0
@@ -525,6 +528,7 @@ def main(argv=None) -> int:
     torch.manual_seed(args.seed + state["step"])
     rng = np.random.default_rng([args.seed, state["step"]])
     stream = CurriculumStream(args, state["counters"])
+    out.mkdir(parents=True, exist_ok=True)  # only now: a refused --init-from leaves nothing behind
     log = (out / "log.jsonl").open("a")
 
     def emit(entry):

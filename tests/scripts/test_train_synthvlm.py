@@ -269,3 +269,10 @@ def test_names_run_options_that_cannot_work_are_refused_before_training(tmp_path
     model, _ = train_synthvlm.build_fresh_model(wide)
     with pytest.raises(SystemExit, match="same sizes"):
         train_synthvlm.load_overlapping(model, narrow.state_dict())
+    deeper, _ = train_synthvlm.build_fresh_model(train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--layers", "4"]))
+    with pytest.raises(SystemExit, match="same architecture"):  # layers 3 of 4 would stay untrained, silently
+        train_synthvlm.load_overlapping(deeper, narrow.state_dict())
+    torch.save({"weights": narrow.state_dict()}, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="not a training checkpoint"):
+        train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-from", str(tmp_path / "other.pt")])
+    assert not out.exists()

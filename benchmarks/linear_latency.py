@@ -335,21 +335,26 @@ def run_gpu(args) -> None:
                                          include_marlin=bits == args.bits[0])
             print(format_rows(shape_rows), flush=True)
             rows.extend(shape_rows)
+            write_results(info, rows, crossover_summary(rows), args, complete=False)  # kept if the run is cut short
     summary = crossover_summary(rows)
     print("\n".join(summary))
-    write_results(info, rows, summary, args)
+    write_results(info, rows, summary, args, complete=True)
 
 
-def write_results(info, rows, summary, args) -> None:
+def write_results(info, rows, summary, args, complete: bool) -> None:
+    """Written after every shape (complete=False: the file says which part ran) and once more at the end."""
     device = re.sub(r"[^A-Za-z0-9.-]+", "_", info["device"])
     stem = f"linear_latency_{device}_{info['date'][:19].replace(':', '')}"
-    write_text(args.out / f"{stem}.json", json.dumps({"info": info, "rows": [asdict(r) for r in rows],
+    shapes_done = list(dict.fromkeys(r.shape for r in rows))
+    status = "complete" if complete else f"partial: shapes {', '.join(shapes_done)} of {', '.join(args.shapes)}"
+    write_text(args.out / f"{stem}.json", json.dumps({"info": info, "status": status, "rows": [asdict(r) for r in rows],
                                                       "crossover": summary}, indent=1))
     write_text(
         args.out / f"{stem}.md",
-        f"# Linear-layer latency on {info['device']}\n\n```\n{json.dumps(info, indent=1)}\n\n"
+        f"# Linear-layer latency on {info['device']} ({status})\n\n```\n{json.dumps(info, indent=1)}\n\n"
         f"{ceilings_table(args.bits)}\n\n{format_rows(rows)}\n\n" + "\n".join(summary) + "\n```\n")
-    print(f"wrote {args.out / stem}.json and .md")
+    if complete:
+        print(f"wrote {args.out / stem}.json and .md")
 
 
 def parse_args(argv=None):

@@ -30,6 +30,10 @@ at those same answer positions: it must hold what the read token holds (its colo
 which tile that is. Without it the read hop copied the object's colour and shape but not its place, and
 position questions stayed at 0.4-0.5 (tools/TRAINING.md).
 
+In the names world --copy-readout reads the residual stream after the copy layer (--bind-layer + 1) at the
+positions predicting a name through the model's own final norm and the names' output rows, and asks for the
+right name: the copy head's attention alone (--copy-loss) found the name but did not carry which name it was.
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -117,6 +121,10 @@ def parse_args(argv=None):
                    help="weight of a third attention-supervision loss (names world): head 0 of the layer after "
                         "--bind-layer should attend, from the position predicting a name, to that name in the "
                         "prompt's list (0: off)")
+    p.add_argument("--copy-readout", type=float, default=0.0,
+                   help="weight of a readout of the residual stream after that copy layer, through the model's "
+                        "final norm and the names' output rows, asking for the right name (0: off; needs "
+                        "--copy-loss > 0)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint instead of a fresh model: its language and "
                         "vision weights (words this world adds to the vocabulary get rows as load_overlapping says); "
@@ -147,6 +155,9 @@ def parse_args(argv=None):
     if args.copy_loss > 0 and not (args.bind_loss > 0 and args.bind_layer + 1 < args.layers):
         raise SystemExit(f"--copy-loss supervises the layer after --bind-layer {args.bind_layer}: it needs "
                          f"--bind-loss > 0 and --bind-layer below {args.layers - 1}")
+    if args.copy_readout > 0 and not args.copy_loss > 0:
+        raise SystemExit("--copy-readout reads the copy layer's output where the copy hop's targets are: it needs "
+                         "--copy-loss > 0 (the names world's preset sets it)")
     if args.init_from and not Path(args.init_from).is_file():
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file; give a run's OUT/ckpt.pt")
     if not 1 <= args.init_stage <= final_stage(args.world):
@@ -350,6 +361,17 @@ def binding_loss(weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return -torch.log(per_query + 1e-6).mean()
 
 
+def copy_readout_loss(model, hidden: torch.Tensor, answers: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy over the names of the residual stream hidden (n, hidden) after the copy layer, at the
+    positions predicting a name, against their answers' token ids, read as if that layer were the last: final
+    norm, then the names' output rows. Norm and rows are detached, so the loss trains what writes the residual
+    stream (the copy head's values and output projection) and leaves the readout to the answer loss."""
+    norm = model.model.language_model.norm
+    normed = F.rms_norm(hidden.float(), hidden.shape[-1:], norm.weight.detach().float(), norm.variance_epsilon)
+    logits = normed @ model.get_output_embeddings().weight[name_ids].detach().float().T
+    return F.cross_entropy(logits, (answers[:, None] == name_ids).float().argmax(1))
+
+
 def training_loss(model, batch) -> torch.Tensor:
     mask = batch.pop("labels_mask")
     logits = model(**batch).logits[:, :-1]
@@ -495,6 +517,8 @@ def main(argv=None) -> int:
     hops = (args.bind_layer - 1, args.bind_layer) + ((args.bind_layer + 1,) if args.copy_loss > 0 else ())
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
     read_output = LayerOutput(model, args.bind_layer) if args.bind_loss > 0 and args.read_loss > 0 else None
+    copy_output = LayerOutput(model, args.bind_layer + 1) if args.copy_readout > 0 else None
+    name_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(NAMES)), device=device)
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "counters": None,
@@ -572,6 +596,11 @@ def main(argv=None) -> int:
                 tiles = read_tiles(batch["input_ids"], read, QWEN_VL.image_token_id(model.config))
                 auxiliary["read_probe_loss"] = (args.read_loss, lambda: probes["read"].loss(
                     read_output.hidden[read[:, 0], read[:, 1]], labels[read[:, 0] * n_tiles ** 2 + tiles], tiles))
+            copy = targets[2]
+            if copy_output is not None and len(copy):
+                answers = batch["input_ids"][copy[:, 0], copy[:, 2]]  # the listed name is the answer
+                auxiliary["copy_readout_loss"] = (args.copy_readout, lambda: copy_readout_loss(
+                    model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
         loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
         for name, value in {"loss": loss, **extra}.items():
             running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value

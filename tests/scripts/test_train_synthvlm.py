@@ -276,3 +276,49 @@ def test_names_run_options_that_cannot_work_are_refused_before_training(tmp_path
     with pytest.raises(SystemExit, match="not a training checkpoint"):
         train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-from", str(tmp_path / "other.pt")])
     assert not out.exists()
+
+
+def test_copy_readout_reads_the_copy_layer_through_the_output_rows_and_trains_what_writes_it():
+    """The readout's loss is the names' cross-entropy of the copy layer's output (final norm, output rows) at the
+    positions predicting a name; its gradient reaches the copy layer's attention output projection but not the
+    output rows or the final norm, which stay the answer loss's."""
+    args = train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--batch-size", "16", "--copy-readout", "1"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    copy_layer = args.bind_layer + 1
+    hidden = train_synthvlm.LayerOutput(model, copy_layer)
+    rows = train_synthvlm.CurriculumStream(args).batch(4, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    tok = processor.tokenizer
+    _, _, copy = train_synthvlm.binding_targets(batch["input_ids"], batch.pop("labels_mask"), rows.subjects,
+                                                args.image_size, tok)
+    assert len(copy) > 0
+    model(**batch)
+    name_ids = torch.tensor(tok.convert_tokens_to_ids(list(train_synthvlm.NAMES)))
+    answers = batch["input_ids"][copy[:, 0], copy[:, 2]]
+    at_queries = hidden.hidden[copy[:, 0], copy[:, 1]]
+    loss = train_synthvlm.copy_readout_loss(model, at_queries, answers, name_ids)
+    # the same as the model's own head over the name columns, applied to that layer's output
+    logits = model.lm_head(model.model.language_model.norm(at_queries))[:, name_ids]
+    right = [train_synthvlm.NAMES.index(name) for name in tok.convert_ids_to_tokens(answers.tolist())]
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(logits, torch.tensor(right)), rtol=1e-5)
+    assert 0 < loss.item() < 15
+    loss.backward()
+    o_proj = train_synthvlm.QWEN_VL.decoder_layers(model)[copy_layer].self_attn.o_proj.weight
+    assert o_proj.grad is not None and o_proj.grad.abs().sum() > 0
+    assert model.lm_head.weight.grad is None and model.model.language_model.norm.weight.grad is None
+    later = train_synthvlm.QWEN_VL.decoder_layers(model)[copy_layer + 1:]
+    assert all(p.grad is None for layer in later for p in layer.parameters())  # it reads before them
+
+
+def test_copy_readout_is_logged_only_when_asked_and_refused_without_the_copy_hop(tmp_path):
+    for readout in ("0", "1"):
+        out = tmp_path / f"run{readout}"
+        assert train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-stage", "4", "--batch-size", "8",
+                                                 "--copy-readout", readout]) == 0
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        values = [entry["copy_readout_loss"] for entry in log if "copy_readout_loss" in entry]
+        assert (len(values) > 0) == (readout == "1") and all(0 < v < 15 for v in values)
+    for flags in (TINY, NAMES_TINY + ["--copy-loss", "0"]):
+        with pytest.raises(SystemExit, match="--copy-readout reads the copy layer's output.*needs --copy-loss > 0"):
+            train_synthvlm.main([*flags, "--out", str(tmp_path / "refused"), "--copy-readout", "1"])
+    assert not (tmp_path / "refused").exists()

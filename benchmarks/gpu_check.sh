@@ -9,16 +9,17 @@
 #   install    the project, editable, without dependencies (the GPU image brings torch and Triton; log to the
 #              terminal only: a device run returns at most 8 files); wheels
 #              in .whl/ (e.g. gptqmodel's, carried to a machine without registries) go to /tmp/site first
-#   kernels    tests/kernels compiled for the GPU, not interpreted, on 8 pytest workers where pytest-xdist
+#   latency    linear_latency.py: Table-11 shapes, M in {1,16,32,64,256,1024}, W2/W3/W4, every peer that
+#              imports but Marlin (its JIT build alone took over 2 minutes on an H200); written after every
+#              shape                                                          -> linear_latency_<gpu>_<date>.md/json
+#   kernels    tests/kernels compiled for the GPU, not interpreted, on 14 pytest workers where pytest-xdist
 #              imports (layout, matmul vs the reference, serving a quantized tiny model end to end with
 #              load_quantized, the inline-PTX pair decode bit for bit against its pure-Triton twin)
 #                                                                             -> kernel_tests.txt
-#   latency    linear_latency.py: Table-11 shapes, M in {1,16,64,256,1024}, W2/W3/W4, every peer that
-#              imports (written after every shape)                            -> linear_latency_<gpu>_<date>.md/json
 #   cost       quant_cost.py: GPTAQ vs VLMQ(gptaq) quantize() on CUDA, Qwen2-VL-7B text dims, 2 layers,
 #              32 calibration images: time and peak memory                    -> quant_cost.md
-#   kernels-asm the decode and matmul tests again with VLMQ_KERNELS_ASM=1 (every kernel on the inline
-#              PTX, which is off by default until this step passes)           -> kernel_tests_asm.txt
+#   kernels-twin the decode and matmul tests again with VLMQ_KERNELS_ASM=0 (every kernel on the pure-Triton
+#              twin of the inline PTX, which the kernels step runs by default) -> kernel_tests_twin.txt
 #   static     SASS instruction counts per weight for sm_90, inline PTX on    -> compile_check.txt
 # --dry-run (CPU, tested in CI): runs nothing heavy; checks each step's imports and command line instead.
 set -uo pipefail
@@ -100,29 +101,32 @@ install_project() {
     "$PY" -c "import vlmq_gptqmodel.kernels as k; print('vlmq_gptqmodel.kernels from', k.__file__)"
 }
 
-# The asm rerun: the decode tests and the dispatch at group 128 (every algorithm, bit width, dtype, act order).
-ASM_TESTS=(tests/kernels/test_kernel_decode.py tests/kernels/test_kernel_matmul.py -k "decode or (dispatch and 128)")
+# The twin rerun: the decode tests and the dispatch at group 128 (every algorithm, bit width, dtype, act order).
+TWIN_TESTS=(tests/kernels/test_kernel_decode.py tests/kernels/test_kernel_matmul.py -k "decode or (dispatch and 128)")
 [ -d /tmp/site ] || [ -d .whl ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 WORKERS=()  # compiling hundreds of kernel variants is the slow part: spread it where pytest-xdist is there
-"$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n 8)
+"$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n 14)
 step env env.txt 60 -- env_report
 if [ $DRY_RUN = 1 ]; then
     step install - 60 -- "$PY" -c "import vlmq_gptqmodel.kernels; print('kernels import')"
-    step kernels kernel_tests.txt 120 -- "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/kernels
 else
     step install - 120 -- install_project
-    step kernels kernel_tests.txt 150 -- "$PY" -m pytest -q -p no:cacheprovider "${WORKERS[@]}" tests/kernels
 fi
-run_or_check latency - 150 -- benchmarks/linear_latency.py --m 1 16 64 256 1024 --bits 2 3 4 --reps 30 \
+run_or_check latency - 120 -- benchmarks/linear_latency.py --m 1 16 32 64 256 1024 --bits 2 3 4 --reps 30 \
     --out "$OUT"
-run_or_check cost quant_cost.md 150 -- benchmarks/quant_cost.py --preset 7b --layers 2 --samples 32 --device cuda \
+if [ $DRY_RUN = 1 ]; then
+    step kernels kernel_tests.txt 120 -- "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/kernels
+else
+    step kernels kernel_tests.txt 180 -- "$PY" -m pytest -q -p no:cacheprovider "${WORKERS[@]}" -rfE tests/kernels
+fi
+run_or_check cost quant_cost.md 180 -- benchmarks/quant_cost.py --preset 7b --layers 2 --samples 32 --device cuda \
     --dtype float16 --methods "GPTAQ,VLMQ(gptaq)" --no-save
 if [ $DRY_RUN = 1 ]; then
-    step kernels-asm kernel_tests_asm.txt 120 -- env VLMQ_KERNELS_ASM=1 "$PY" -m pytest -q -p no:cacheprovider \
-        --collect-only "${ASM_TESTS[@]}"
+    step kernels-twin kernel_tests_twin.txt 120 -- env VLMQ_KERNELS_ASM=0 "$PY" -m pytest -q -p no:cacheprovider \
+        --collect-only "${TWIN_TESTS[@]}"
 else
-    step kernels-asm kernel_tests_asm.txt 60 -- env VLMQ_KERNELS_ASM=1 "$PY" -m pytest -q -p no:cacheprovider \
-        "${WORKERS[@]}" "${ASM_TESTS[@]}"
+    step kernels-twin kernel_tests_twin.txt 45 -- env VLMQ_KERNELS_ASM=0 "$PY" -m pytest -q -p no:cacheprovider \
+        "${WORKERS[@]}" "${TWIN_TESTS[@]}"
 fi
 run_or_check static compile_check.txt 45 -- -m vlmq_gptqmodel.kernels.compile_check --arch 90 --asm on
 

@@ -1,7 +1,7 @@
 """Latency of one quantized linear layer of Qwen2-VL-7B (the paper's Table 11 shapes), in one run:
 FP16 F.linear, the VLMQ W2/W3 Triton kernels, humming-kernels 0.1.19 (the route vLLM 0.33 and SGLang 0.5.23
-serve 2-4-bit GPTQ through), GPTQModel's TorchLinear, its Triton path (2-bit) and Marlin (4-bit, symmetric,
-as a reference point), all on the same GPU with the same activations. The optional peers (GPTQModel,
+serve 2-4-bit GPTQ through), GPTQModel's TorchLinear, its Triton path (2-bit) and, with --marlin, Marlin
+(4-bit, symmetric, as a reference point), all on the same GPU with the same activations. The optional peers (GPTQModel,
 humming-kernels) are timed where they import and run, and listed as unavailable (with the reason) otherwise.
 
 Method: CUDA events around one call, after warm-up, with the L2 cache flushed before every
@@ -332,7 +332,7 @@ def run_gpu(args) -> None:
         k, n = TABLE_11[shape]
         for bits in args.bits:
             shape_rows = benchmark_shape(shape, k, n, bits, args.m, device, flush, peak, args,
-                                         include_marlin=bits == args.bits[0])
+                                         include_marlin=args.marlin and bits == args.bits[0])
             print(format_rows(shape_rows), flush=True)
             rows.extend(shape_rows)
             write_results(info, rows, crossover_summary(rows), args, complete=False)  # kept if the run is cut short
@@ -367,6 +367,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--marlin", action="store_true",
+                        help="also time GPTQModel's Marlin W4 (its CUDA extension JIT-compiles: about 2 minutes on an H200)")
     return parser.parse_args(argv)
 
 

@@ -46,12 +46,18 @@ class Variant:
     output_type: str = "*fp16"
 
 
+# Largest shared memory one block may use (opt-in maximum, bytes): a launch that asks for more fails
+# with OutOfResources on the GPU, which measuring on an H200 found (Triton's two-stage pipeline of the tiled GEMM).
+SHARED_MEMORY_LIMIT = {80: 166912, 86: 101376, 87: 166912, 89: 101376, 90: 232448}
+
+
 @dataclass(frozen=True)
 class StaticReport:
     variant: str
     arch: int
     registers: int
     spill_bytes: int
+    shared_bytes: int
     wide_weight_loads: bool
     loop_instructions: int
     instructions_per_weight: float
@@ -148,6 +154,7 @@ def compile_variant(variant: Variant, arch: int) -> StaticReport:
         variant=variant.name, arch=arch,
         registers=int(re.search(r"Used (\d+) registers", usage).group(1)),
         spill_bytes=int(re.search(r"(\d+) bytes spill stores", usage).group(1)),
+        shared_bytes=compiled.metadata.shared,
         wide_weight_loads=bool(re.search(r"LDG\.E\.(128|ENL2\.256)", sass) or "LDGSTS.E.BYPASS.128" in sass),
         loop_instructions=total,
         instructions_per_weight=total / variant.weights_per_thread_per_block,
@@ -157,7 +164,9 @@ def compile_variant(variant: Variant, arch: int) -> StaticReport:
 
 def format_report(report: StaticReport) -> str:
     mix = ", ".join(f"{op} {count}" for op, count in report.mix.items())
+    fits = report.shared_bytes <= SHARED_MEMORY_LIMIT.get(report.arch, 0)
     return (f"sm_{report.arch} {report.variant:<20} regs {report.registers:>3}  spills {report.spill_bytes:>4} B  "
+            f"smem {report.shared_bytes / 1024:5.0f} KB{'' if fits else ' OVER THE LIMIT'}  "
             f"128-bit weight loads {'yes' if report.wide_weight_loads else 'NO '}  "
             f"loop instr/weight/thread {report.instructions_per_weight:5.2f}  [{mix}]")
 

@@ -6,10 +6,11 @@
 
 Above some M the fused tile is compute-bound and re-dequantizes every weight tile for every row block,
 while cuBLAS on a dequantized W costs FP16 matmul time plus one pass that writes 2 bytes per weight.
-Where that crossover lies depends on the GPU and was not measured here (no GPU in the build
-environment): the default 256 is a conservative guess (VLM prefill with hundreds of image tokens gets
-cuBLAS); `benchmarks/linear_latency.py` times all three paths and reports the measured crossover, and
-VLMQ_FUSED_GEMM_MAX_M (or `set_fused_gemm_max_m`) sets it.
+`benchmarks/linear_latency.py` times all three paths and reports the crossover. Measured on an H200
+(benchmarks/results/gpu/, the only GPU measured so far): at M=64 dequantize + cuBLAS was faster than the
+fused tile for every Table-11 shape at 2, 3 and 4 bits (e.g. down W2 90.6 vs 197.4 µs), so the default
+sends M > 32 to cuBLAS; M = 17-32 was not measured and keeps the fused tile. VLMQ_FUSED_GEMM_MAX_M (or
+`set_fused_gemm_max_m`) sets another crossover.
 """
 import os
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from .layout import KernelWeights
 
 DECODE_MAX_M = 16
 FUSED_GEMM_MAX_M_ENV = "VLMQ_FUSED_GEMM_MAX_M"
-DEFAULT_FUSED_GEMM_MAX_M = 256
+DEFAULT_FUSED_GEMM_MAX_M = 32
 ALGORITHMS = ("gemv_splitk", "gemm_tiled", "dequant_matmul")
 
 _fused_gemm_max_m: Optional[int] = None
@@ -105,16 +106,18 @@ def compute_capability(device: torch.device) -> Optional[int]:
 
 
 def prefill_config(m: int, arch: Optional[int] = None) -> PrefillConfig:
+    # One stage everywhere: on sm_80 two stages spill; on sm_90 Triton's two-stage pipeline asks for 148-379 KB
+    # of shared memory (compile_check), past the 227 KB limit at M > 64: the H200 refused those launches.
     if m <= 32:
-        return PrefillConfig(block_m=32, block_n=64, num_warps=4, num_stages=1)  # 2 stages spill on sm_80
+        return PrefillConfig(block_m=32, block_n=64, num_warps=4, num_stages=1)
     if arch is not None and arch < 90:
         # Before Hopper the two tiles below hit 255 registers and spill (20-260 B at 64 x 64, 2-7 KB at
-        # 128 x 128, compile_check --arch 80); one 64 x 128 tile at 8 warps and one stage takes 179-186
+        # 128 x 128, compile_check --arch 80); one 64 x 128 tile at 8 warps takes 179-186
         # registers at 2, 3 and 4 bits with no spill.
         return PrefillConfig(block_m=64, block_n=128, num_warps=8, num_stages=1)
     if m <= 64:
-        return PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=2)
-    return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=2)
+        return PrefillConfig(block_m=64, block_n=64, num_warps=4, num_stages=1)
+    return PrefillConfig(block_m=128, block_n=128, num_warps=8, num_stages=1)
 
 
 def dequant_matmul(x: torch.Tensor, weights: KernelWeights, bias: Optional[torch.Tensor]) -> torch.Tensor:

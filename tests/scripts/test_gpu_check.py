@@ -15,11 +15,11 @@ def test_dry_run_checks_every_step(tmp_path):
                           capture_output=True, text=True, timeout=1200, env=env)
     steps = (tmp_path / "out" / "steps.md").read_text()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    for name in ("env", "install", "kernels", "kernels-asm", "static", "latency", "cost"):
+    for name in ("env", "install", "kernels", "kernels-twin", "static", "latency", "cost"):
         assert f"| {name} | ok |" in steps
     assert "tests collected" in (tmp_path / "out" / "kernel_tests.txt").read_text()
-    asm_tests = (tmp_path / "out" / "kernel_tests_asm.txt").read_text()
-    assert "test_inline_ptx_matches_its_twin_bit_for_bit" in asm_tests and "test_dispatch_matches_reference" in asm_tests
+    twin_tests = (tmp_path / "out" / "kernel_tests_twin.txt").read_text()
+    assert "test_inline_ptx_matches_its_twin_bit_for_bit" in twin_tests and "test_dispatch_matches_reference" in twin_tests
 
 
 def _check(*argv):

@@ -10,8 +10,9 @@
 #              terminal only: a device run returns at most 8 files); wheels
 #              in .whl/ (e.g. gptqmodel's, carried to a machine without registries) go to /tmp/site first
 #   latency    linear_latency.py: Table-11 shapes, M in {1,16,32,64,256,1024}, W2/W3/W4, every peer that
-#              imports but Marlin (its JIT build alone took over 2 minutes on an H200); written after every
-#              shape                                                          -> linear_latency_<gpu>_<date>.md/json
+#              imports but Marlin (its JIT build alone took over 2 minutes on an H200), and the GEMV's launch
+#              configurations at M <= 16 (--decode-sweep); written after every shape
+#                                                                             -> linear_latency_<gpu>_<date>.md/json
 #   kernels    tests/kernels compiled for the GPU, not interpreted, on 14 pytest workers where pytest-xdist
 #              imports (layout, matmul vs the reference, serving a quantized tiny model end to end with
 #              load_quantized, the inline-PTX pair decode bit for bit against its pure-Triton twin)
@@ -29,7 +30,7 @@ OUT=benchmarks/results/gpu
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) OUT=$arg ;;
     esac
@@ -112,12 +113,12 @@ if [ $DRY_RUN = 1 ]; then
 else
     step install - 120 -- install_project
 fi
-run_or_check latency - 120 -- benchmarks/linear_latency.py --m 1 16 32 64 256 1024 --bits 2 3 4 --reps 30 \
-    --out "$OUT"
+run_or_check latency - 150 -- benchmarks/linear_latency.py --m 1 16 32 64 256 1024 --bits 2 3 4 --reps 30 \
+    --decode-sweep --out "$OUT"
 if [ $DRY_RUN = 1 ]; then
     step kernels kernel_tests.txt 120 -- "$PY" -m pytest -q -p no:cacheprovider --collect-only tests/kernels
 else
-    step kernels kernel_tests.txt 180 -- "$PY" -m pytest -q -p no:cacheprovider "${WORKERS[@]}" -rfE tests/kernels
+    step kernels kernel_tests.txt 150 -- "$PY" -m pytest -q -p no:cacheprovider "${WORKERS[@]}" -rfE tests/kernels
 fi
 run_or_check cost quant_cost.md 180 -- benchmarks/quant_cost.py --preset 7b --layers 2 --samples 32 --device cuda \
     --dtype float16 --methods "GPTAQ,VLMQ(gptaq)" --no-save

@@ -200,7 +200,27 @@ def humming_layer(unpacked, device):
     return layer
 
 
-def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
+# --decode-sweep: GEMV launch configurations timed beside the dispatch's at M <= 16, so that a GPU run picks
+# the decode configuration by measurement (the first H200 run found the GEMV at 3-12 % of its ceiling).
+SWEEP_BLOCK_N = (64, 128)
+SWEEP_STAGES = (1, 3)
+
+
+def decode_sweep(weights, weight, weight_bytes, sm_count) -> list:
+    """Candidates over block_n x split-K (none, the dispatch's, 4x it, every K block) x pipeline stages."""
+    from vlmq_gptqmodel.kernels import dispatch
+    from vlmq_gptqmodel.kernels.gemv_splitk import gemv_splitk
+
+    auto = dispatch.decode_config(weights.out_features, weights.n_blocks, sm_count)
+    splits = sorted({1, auto.split_k, min(weights.n_blocks, 4 * auto.split_k), weights.n_blocks})
+    return [Candidate(f"VLMQ W{weights.bits} gemv bn{block_n} sk{split} st{stages}",
+                      lambda x, b=block_n, s=split, st=stages: gemv_splitk(
+                          x, weights, None, block_n=b, split_k=s, num_warps=auto.num_warps, num_stages=st),
+                      weight_bytes, weight)
+            for block_n in SWEEP_BLOCK_N for split in splits for stages in SWEEP_STAGES]
+
+
+def candidates(bits, k, n, device, fp16_weight, include_marlin, sweep=False) -> list:
     """Every method for one shape and width, each with the weight it computes with."""
     from vlmq_gptqmodel.kernels import VLMQQuantLinear, dispatch, layout, reference
     from vlmq_gptqmodel.kernels.synthetic import synthetic_gptq
@@ -211,6 +231,8 @@ def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
     vlmq = VLMQQuantLinear(layout.repack_for_kernels(unpacked)).to(device)
     vlmq_bytes = vlmq.kernel_weights().nbytes()
     found.append(Candidate(f"VLMQ W{bits} (dispatch)", vlmq, vlmq_bytes, weight))
+    if sweep:
+        found.extend(decode_sweep(vlmq.kernel_weights(), weight, vlmq_bytes, dispatch.streaming_multiprocessors(device)))
     for algorithm in ("gemm_tiled", "dequant_matmul"):
         found.append(Candidate(
             f"VLMQ W{bits} {algorithm}",
@@ -255,7 +277,7 @@ def candidates(bits, k, n, device, fp16_weight, include_marlin) -> list:
 def benchmark_shape(shape, k, n, bits, m_values, device, flush, peak, args, include_marlin) -> list:
     fp16_weight = torch.randn((n, k), device=device, dtype=torch.float16) * 0.02
     rows, fp16_median = [], {}
-    for candidate in candidates(bits, k, n, device, fp16_weight, include_marlin):
+    for candidate in candidates(bits, k, n, device, fp16_weight, include_marlin, args.decode_sweep):
         for m in m_values:
             row = Row(shape, k, n, m, bits, candidate.method, note=candidate.unavailable)
             rows.append(row)
@@ -263,6 +285,9 @@ def benchmark_shape(shape, k, n, bits, m_values, device, flush, peak, args, incl
                 continue
             if candidate.method.endswith(("gemm_tiled", "dequant_matmul")) and m <= 16:
                 row.note = "decode sizes use gemv_splitk"
+                continue
+            if " gemv " in candidate.method and m > 16:
+                row.note = "the GEMV takes M <= 16"
                 continue
             x = torch.randn((m, k), device=device, dtype=torch.float16)
             with torch.no_grad():
@@ -313,6 +338,18 @@ def crossover_summary(rows) -> list:
     return lines
 
 
+def decode_sweep_summary(rows) -> list:
+    """Per shape, width and M <= 16: the fastest GEMV configuration measured against the dispatch's."""
+    lines = []
+    for key in sorted({(r.shape, r.bits, r.m) for r in rows if " gemv " in r.method and r.median_us}):
+        timed = [r for r in rows if (r.shape, r.bits, r.m) == key and r.median_us]
+        best = min((r for r in timed if " gemv " in r.method), key=lambda r: r.median_us)
+        chosen = next((r for r in timed if r.method.endswith("(dispatch)")), None)
+        lines.append(f"{key[0]} W{key[1]} M={key[2]}: fastest {best.method.split(' gemv ')[1]} {best.median_us:.1f} µs"
+                     + (f", dispatch {chosen.median_us:.1f} µs" if chosen else ""))
+    return lines
+
+
 def run_gpu(args) -> None:
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
@@ -336,7 +373,7 @@ def run_gpu(args) -> None:
             print(format_rows(shape_rows), flush=True)
             rows.extend(shape_rows)
             write_results(info, rows, crossover_summary(rows), args, complete=False)  # kept if the run is cut short
-    summary = crossover_summary(rows)
+    summary = crossover_summary(rows) + decode_sweep_summary(rows)
     print("\n".join(summary))
     write_results(info, rows, summary, args, complete=True)
 
@@ -367,6 +404,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--reps", type=int, default=50)
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--decode-sweep", action="store_true",
+                        help="at M <= 16 also time GEMV launch configurations (block_n, split-K, pipeline stages)")
     parser.add_argument("--marlin", action="store_true",
                         help="also time GPTQModel's Marlin W4 (its CUDA extension JIT-compiles: about 2 minutes on an H200)")
     return parser.parse_args(argv)

@@ -59,7 +59,8 @@ def test_report_pipeline_with_a_stand_in_timer(bench, monkeypatch, tmp_path):
     """The GPU path end to end with CUDA timing replaced by a constant (these numbers are test data,
     not measurements): rows, notes, error checks, ceilings, the crossover summary and the files."""
     monkeypatch.setattr(bench, "time_call", lambda run, *args: (run(), (10.0, 9.0))[1])
-    args = SimpleNamespace(warmup=0, reps=1, hold_cycles=0, bits=[3], out=tmp_path / "results")
+    args = SimpleNamespace(warmup=0, reps=1, hold_cycles=0, bits=[3], out=tmp_path / "results", shapes=["o", "down"],
+                           decode_sweep=True)
     rows = bench.benchmark_shape("o", 256, 64, 3, [1, 20], DEVICE, None, 1e12, args, include_marlin=False)
     by = {(r.method, r.m): r for r in rows}
     assert by[("FP16 F.linear", 1)].speedup_vs_fp16 == 1.0
@@ -70,11 +71,21 @@ def test_report_pipeline_with_a_stand_in_timer(bench, monkeypatch, tmp_path):
     assert by[("GPTQModel TorchLinear W3", 20)].max_rel_error < 1e-2
     summary = bench.crossover_summary(rows)
     assert summary == ["o W3: fused GEMM faster than dequant+matmul at M in [20]"]  # equal times count as a win
+    # the decode sweep: every configuration computes the layer at M <= 16 and is skipped above
+    sweep = [r for r in rows if " gemv " in r.method]
+    assert {r.method for r in sweep} >= {"VLMQ W3 gemv bn64 sk1 st1", "VLMQ W3 gemv bn128 sk1 st3"}
+    assert all(r.max_rel_error < 1e-2 for r in sweep if r.m == 1)
+    assert all(r.note == "the GEMV takes M <= 16" for r in sweep if r.m == 20)
+    assert bench.decode_sweep_summary(rows)[0].startswith("o W3 M=1: fastest bn64 sk1 st1 10.0 µs, dispatch 10.0 µs")
     table = bench.format_rows(rows)
     assert "VLMQ W3 dequant_matmul" in table and "µs" in table
-    bench.write_results({"device": "stand-in", "date": "2000-01-01T00:00:00"}, rows, summary, args)
-    written = sorted(p.suffix for p in (tmp_path / "results").iterdir())
-    assert written == [".json", ".md"]
+    info = {"device": "stand-in", "date": "2000-01-01T00:00:00"}
+    bench.write_results(info, rows, summary, args, complete=False)  # after the first of two shapes
+    written = sorted((tmp_path / "results").iterdir())
+    assert [p.suffix for p in written] == [".json", ".md"]
+    assert "(partial: shapes o of o, down)" in written[1].read_text()
+    bench.write_results(info, rows, summary, args, complete=True)
+    assert "(complete)" in written[1].read_text()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the no-GPU behaviour")

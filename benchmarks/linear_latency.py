@@ -350,6 +350,10 @@ def decode_sweep_summary(rows) -> list:
     return lines
 
 
+def summaries(rows) -> list:
+    return crossover_summary(rows) + decode_sweep_summary(rows)
+
+
 def run_gpu(args) -> None:
     device = torch.device("cuda")
     props = torch.cuda.get_device_properties(device)
@@ -372,8 +376,8 @@ def run_gpu(args) -> None:
                                          include_marlin=args.marlin and bits == args.bits[0])
             print(format_rows(shape_rows), flush=True)
             rows.extend(shape_rows)
-            write_results(info, rows, crossover_summary(rows), args, complete=False)  # kept if the run is cut short
-    summary = crossover_summary(rows) + decode_sweep_summary(rows)
+            write_results(info, rows, summaries(rows), args, complete=False)  # kept if the run is cut short
+    summary = summaries(rows)
     print("\n".join(summary))
     write_results(info, rows, summary, args, complete=True)
 

@@ -74,7 +74,7 @@ def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: boo
         found.append(Variant(
             f"gemv_splitk M={label}", _gemv_splitk_kernel,
             dict(common, ATOMIC_OUT=False, BLOCK_M=block_m_for(m), BLOCK_N=config.block_n),
-            config.num_warps, 1, block_rows * config.block_n / (32 * config.num_warps)))
+            config.num_warps, config.num_stages, block_rows * config.block_n / (32 * config.num_warps)))
     for m, label in ((32, "17-32"), (64, "33-64"), (1024, "65+")):
         config = dispatch.prefill_config(m, arch)
         found.append(Variant(
@@ -164,9 +164,10 @@ def compile_variant(variant: Variant, arch: int) -> StaticReport:
 
 def format_report(report: StaticReport) -> str:
     mix = ", ".join(f"{op} {count}" for op, count in report.mix.items())
-    fits = report.shared_bytes <= SHARED_MEMORY_LIMIT.get(report.arch, 0)
+    limit = SHARED_MEMORY_LIMIT.get(report.arch)  # unknown for other architectures: no verdict
+    over = limit is not None and report.shared_bytes > limit
     return (f"sm_{report.arch} {report.variant:<20} regs {report.registers:>3}  spills {report.spill_bytes:>4} B  "
-            f"smem {report.shared_bytes / 1024:5.0f} KB{'' if fits else ' OVER THE LIMIT'}  "
+            f"smem {report.shared_bytes / 1024:5.0f} KB{' OVER THE LIMIT' if over else ''}  "
             f"128-bit weight loads {'yes' if report.wide_weight_loads else 'NO '}  "
             f"loop instr/weight/thread {report.instructions_per_weight:5.2f}  [{mix}]")
 

@@ -9,8 +9,6 @@ activation dtype with one LOP3 and one HFMA2 per two weights (pair_decode.py), t
 exactly in fp32, and the scale multiplies the fp32 group sum once per group and column. So W is applied
 exactly, summed in fp32. SPLIT_K > 1 adds fp32 partials into a zeroed fp32 buffer with atomics.
 """
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
@@ -72,9 +70,8 @@ def block_m_for(m: int) -> int:
 
 
 def gemv_splitk(x: torch.Tensor, weights: KernelWeights, bias=None, *, block_n: int = 64, split_k: int = 1,
-                num_warps: int = 4, num_stages: Optional[int] = None) -> torch.Tensor:
-    """out[M, N] = x[M, K] @ W.T (+ bias) for M <= 16; x contiguous fp16/bf16. num_stages None keeps
-    Triton's default software pipelining of the block loop."""
+                num_warps: int = 4, num_stages: int = 1) -> torch.Tensor:
+    """out[M, N] = x[M, K] @ W.T (+ bias) for M <= 16; x contiguous fp16/bf16."""
     m, k = x.shape
     n = weights.out_features
     n_blocks = weights.n_blocks
@@ -89,8 +86,7 @@ def gemv_splitk(x: torch.Tensor, weights: KernelWeights, bias=None, *, block_n: 
         m, n, k, weights.n_groups, n_blocks, blocks_per_split, x.stride(0), out.stride(0),
         BITS=weights.bits, GROUP_SIZE=weights.group_size, HAS_PERM=weights.perm is not None,
         HAS_BIAS=bias is not None, ATOMIC_OUT=atomic, BLOCK_M=block_m_for(m), BLOCK_N=block_n,
-        ASM=USE_ASM, UPCAST_DOT=INTERPRETING, num_warps=num_warps,
-        **({} if num_stages is None else {"num_stages": num_stages}),
+        ASM=USE_ASM, UPCAST_DOT=INTERPRETING, num_warps=num_warps, num_stages=num_stages,
     )
     if not atomic:
         return out

@@ -61,6 +61,25 @@ def test_every_launch_fits_the_shared_memory_of_its_gpu(reports):
         assert 0 < report["shared_bytes"] <= SHARED_MEMORY_LIMIT[report["arch"]], report
 
 
+def test_compile_check_compiles_the_launches_the_dispatch_makes():
+    """Its counts describe what runs only if it compiles the dispatch's configurations: the GEMV once ran with
+    Triton's default three stages (250-255 registers) while compile_check reported one (164-168)."""
+    from vlmq_gptqmodel.kernels import compile_check, dispatch
+
+    for arch in (80, 90):
+        for variant in compile_check.variants(3, arch=arch):
+            if variant.name.startswith("gemv_splitk"):
+                config = dispatch.decode_config(out_features=4608, n_blocks=8, sm_count=1)
+                assert (variant.num_warps, variant.num_stages) == (config.num_warps, config.num_stages)
+                assert variant.constexprs["BLOCK_N"] == config.block_n
+            elif variant.name.startswith("gemm_tiled"):
+                m = {"17-32": 32, "33-64": 64, "65+": 1024}[variant.name.split("M=")[1]]
+                config = dispatch.prefill_config(m, arch)
+                assert (variant.num_warps, variant.num_stages) == (config.num_warps, config.num_stages)
+                assert (variant.constexprs["BLOCK_M"], variant.constexprs["BLOCK_N"]) == (config.block_m,
+                                                                                          config.block_n)
+
+
 def test_decode_gemv_inner_loop_stays_lean(reports):
     """One LOP3 and one HFMA2 per two weights plus the MMA, activation and group overhead (2.12 SASS
     instructions per weight at 3 bits on sm_90 with the inline PTX when written, 4.39 with its twin): a

@@ -5,7 +5,7 @@ for the launch configurations dispatch.py uses: registers, spill bytes, whether 
 are read with 128-bit loads, and the SASS instructions in the main loop per weight each thread
 handles. These are static counts, not timings: nothing here runs a kernel. Each configuration is
 compiled with the inline-PTX pair decode (asm on, VLMQ_KERNELS_ASM=1) and with its pure-Triton twin
-(asm off, the default until a GPU run has checked the PTX; pair_decode.py).
+(asm off, VLMQ_KERNELS_ASM=0; pair_decode.py).
 
     python -m vlmq_gptqmodel.kernels.compile_check --arch 90 [--asm on|off|both]
 """

@@ -34,6 +34,12 @@ In the names world --copy-readout reads the residual stream after the copy layer
 positions predicting a name through the model's own final norm and the names' output rows, and asks for the
 right name: the copy head's attention alone (--copy-loss) found the name but did not carry which name it was.
 
+--spread-loss penalises the mean squared cosine similarity between tokens' residual vectors at every decoder
+layer's input. Trained without it, layer 0 writes one large vector shared by every token (norm ~1000 against
+embeddings of ~1), so the inputs of every linear span a few directions: GPTQ then hides nearly all rounding error
+where no input looks and cannot lose accuracy (tools/TRAINING.md), and a token's own identity is drowned.
+--spread-at linears applies it to the inputs of the linears themselves instead (what GPTQ's H is made of).
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -67,6 +73,7 @@ from vlmq_gptqmodel.synth.world.vocab import NAMES
 SIZES = tiny_vlm.SYNTHVLM_SIZES
 VALIDATION_SEED = 1  # train split, seed 1: disjoint from the training stream (seed 0) and from eval
 ARCH = tiny_vlm.SYNTHVLM_ARCH
+SPREAD_TOKENS = 512  # tokens per step whose residual vectors --spread-loss compares (a 512 x 512 Gram per layer)
 
 
 # Named recipes: each sets the defaults below (explicit flags still win). "synthvlm" is the shipped 4-layer
@@ -125,6 +132,13 @@ def parse_args(argv=None):
                    help="weight of a readout of the residual stream after that copy layer, through the model's "
                         "final norm and the names' output rows, asking for the right name (0: off; needs "
                         "--copy-loss > 0)")
+    p.add_argument("--spread-loss", type=float, default=0.0,
+                   help="weight of the mean squared cosine similarity between the residual vectors of sampled "
+                        "tokens at every decoder layer's input, the inverse participation ratio of their "
+                        "normalised second moment (0: off)")
+    p.add_argument("--spread-at", choices=("residual", "linears"), default="residual",
+                   help="where --spread-loss looks: each decoder layer's input, or each distinct input of its "
+                        "linears (the attention and MLP inputs after their norms, o_proj's and down_proj's)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint instead of a fresh model: its language and "
                         "vision weights (words this world adds to the vocabulary get rows as load_overlapping says); "
@@ -293,6 +307,29 @@ class LayerOutput:
         self.hidden = output[0] if isinstance(output, tuple) else output
 
 
+class SpreadInputs:
+    """Keeps, for --spread-loss, the vectors of the last forward pass whose directions it spreads (forward
+    pre-hooks): every decoder layer's input (`residual`), or the input of each distinct decoder linear input
+    (`linears`: q_proj's, which k_proj and v_proj share; o_proj's; gate_proj's, which up_proj shares;
+    down_proj's), what GPTQ's H is made of."""
+
+    LINEARS = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+
+    def __init__(self, model, where: str):
+        self.hidden = {}
+        for i, layer in enumerate(QWEN_VL.decoder_layers(model)):
+            if where == "residual":
+                layer.register_forward_pre_hook(self._keeper(i), with_kwargs=True)
+                continue
+            for name in self.LINEARS:
+                layer.get_submodule(name).register_forward_pre_hook(self._keeper(f"{i}.{name}"), with_kwargs=True)
+
+    def _keeper(self, key):
+        def keep(module, args, kwargs):
+            self.hidden[key] = args[0] if args else kwargs["hidden_states"]
+        return keep
+
+
 class HeadAttention:
     """Keeps head 0's attention weights in some language-model layers (forward hooks; needs eager attention,
     the only implementation that returns the weights)."""
@@ -370,6 +407,24 @@ def copy_readout_loss(model, hidden: torch.Tensor, answers: torch.Tensor, name_i
     normed = F.rms_norm(hidden.float(), hidden.shape[-1:], norm.weight.detach().float(), norm.variance_epsilon)
     logits = normed @ model.get_output_embeddings().weight[name_ids].detach().float().T
     return F.cross_entropy(logits, (answers[:, None] == name_ids).float().argmax(1))
+
+
+def spread_loss(hidden: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
+    """Mean over layers of the mean squared cosine similarity between the residual vectors at `tokens`
+    ((n, 2) row/position pairs). For unit vectors x_i this is ‖H‖²_F / (tr H)² with H = Σ x_i x_iᵀ, the
+    inverse participation ratio: 1 when every token points the same way, about 1/n + 1/d when n tokens are
+    spread over all d dimensions."""
+    per_layer = []
+    for h in hidden:
+        x = F.normalize(h[tokens[:, 0], tokens[:, 1]].float(), dim=-1)
+        per_layer.append((x @ x.T).pow(2).mean())
+    return torch.stack(per_layer).mean()
+
+
+def spread_tokens(attention_mask: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Up to n (row, position) pairs drawn without replacement from the batch's non-padding tokens."""
+    every = attention_mask.nonzero()
+    return every[torch.randperm(len(every), generator=generator)[:n].to(every.device)]
 
 
 def training_loss(model, batch) -> torch.Tensor:
@@ -518,6 +573,7 @@ def main(argv=None) -> int:
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
     read_output = LayerOutput(model, args.bind_layer) if args.bind_loss > 0 and args.read_loss > 0 else None
     copy_output = LayerOutput(model, args.bind_layer + 1) if args.copy_readout > 0 else None
+    layer_inputs = SpreadInputs(model, args.spread_at) if args.spread_loss > 0 else None
     name_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(NAMES)), device=device)
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
@@ -601,6 +657,11 @@ def main(argv=None) -> int:
                 answers = batch["input_ids"][copy[:, 0], copy[:, 2]]  # the listed name is the answer
                 auxiliary["copy_readout_loss"] = (args.copy_readout, lambda: copy_readout_loss(
                     model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
+        if layer_inputs is not None:
+            sampled = spread_tokens(batch["attention_mask"].cpu(), SPREAD_TOKENS,
+                                    torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
+            auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
+                list(layer_inputs.hidden.values()), sampled))
         loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
         for name, value in {"loss": loss, **extra}.items():
             running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value

@@ -322,3 +322,72 @@ def test_copy_readout_is_logged_only_when_asked_and_refused_without_the_copy_hop
         with pytest.raises(SystemExit, match="--copy-readout reads the copy layer's output.*needs --copy-loss > 0"):
             train_synthvlm.main([*flags, "--out", str(tmp_path / "refused"), "--copy-readout", "1"])
     assert not (tmp_path / "refused").exists()
+
+
+def test_spread_loss_is_the_inverse_participation_ratio_of_the_sampled_tokens_directions():
+    """1 when every token's residual points one way (whatever its length), 1/d for an orthonormal set, and the
+    inverse participation ratio of H = Σ x xᵀ over the normalised vectors in general; it only reads the tokens
+    asked for, and its gradient pushes a shared direction out of the residual stream."""
+    shared = torch.randn(16)
+    same = shared * torch.rand(2, 5, 1).add(0.5)  # rows × positions, every vector along `shared`
+    everywhere = torch.tensor([[r, p] for r in range(2) for p in range(5)])
+    assert torch.isclose(train_synthvlm.spread_loss([same], everywhere), torch.tensor(1.0))
+    basis = torch.eye(16).reshape(2, 8, 16) * 3.0
+    assert torch.isclose(train_synthvlm.spread_loss([basis], torch.tensor([[r, p] for r in range(2) for p in range(8)])),
+                         torch.tensor(1 / 16))
+    h = torch.randn(3, 7, 16) + 2.0 * shared
+    tokens = torch.tensor([[0, 1], [2, 6], [1, 3], [2, 0], [0, 4]])
+    x = torch.nn.functional.normalize(h[tokens[:, 0], tokens[:, 1]].double(), dim=-1)
+    second_moment = x.T @ x
+    participation = (torch.trace(second_moment) ** 2 / second_moment.pow(2).sum()).item()
+    assert train_synthvlm.spread_loss([h], tokens).item() == pytest.approx(1 / participation, rel=1e-5)
+    inside_both = tokens[:4] % torch.tensor([2, 5])
+    assert train_synthvlm.spread_loss([h, same], inside_both).item() == pytest.approx(
+        (train_synthvlm.spread_loss([h], inside_both).item() + 1.0) / 2, rel=1e-5)  # the mean over layers
+    h.requires_grad_(True)
+    train_synthvlm.spread_loss([h], tokens).backward()
+    assert (h.grad[tokens[:, 0], tokens[:, 1]] @ shared > 0).all()  # descent removes the shared direction
+    untouched = torch.ones(3, 7, dtype=torch.bool)
+    untouched[tokens[:, 0], tokens[:, 1]] = False
+    assert h.grad[untouched].abs().max() == 0
+
+
+def test_spread_tokens_draws_distinct_unpadded_tokens():
+    mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
+    picked = train_synthvlm.spread_tokens(mask, 6, torch.Generator().manual_seed(0))
+    assert len(picked) == 6 and len({tuple(p) for p in picked.tolist()}) == 6
+    assert all(mask[r, p] for r, p in picked.tolist())
+    assert len(train_synthvlm.spread_tokens(mask, 100, torch.Generator().manual_seed(0))) == 8  # all of them
+
+
+def test_spread_inputs_keep_each_layer_input_or_each_distinct_linear_input():
+    args = train_synthvlm.parse_args([*TINY, "--out", "unused"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    residual, linears = (train_synthvlm.SpreadInputs(model, where) for where in ("residual", "linears"))
+    rows = train_synthvlm.CurriculumStream(args).batch(1, np.random.default_rng(0))
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    kept = {}
+    layers = train_synthvlm.QWEN_VL.decoder_layers(model)
+    for i, layer in enumerate(layers):
+        layer.register_forward_pre_hook(lambda m, a, k, i=i: kept.__setitem__(i, (a[0] if a else k["hidden_states"]).clone()),
+                                        with_kwargs=True)
+        layer.mlp.down_proj.register_forward_pre_hook(lambda m, a, i=i: kept.__setitem__(f"{i}.down", a[0].clone()))
+    train_synthvlm.training_loss(model, batch)
+    assert sorted(residual.hidden) == list(range(len(layers)))
+    assert all(torch.equal(residual.hidden[i], kept[i]) for i in range(len(layers)))
+    assert len(linears.hidden) == 4 * len(layers)
+    for i, layer in enumerate(layers):
+        normed = layer.input_layernorm(kept[i])
+        assert torch.allclose(linears.hidden[f"{i}.self_attn.q_proj"], normed)
+        assert torch.equal(linears.hidden[f"{i}.mlp.down_proj"], kept[f"{i}.down"])
+        assert linears.hidden[f"{i}.mlp.down_proj"].shape[-1] == args.intermediate
+
+
+@pytest.mark.parametrize("where", ["residual", "linears"])
+def test_spread_loss_is_logged_only_when_asked(tmp_path, where):
+    for weight in ("0", "1"):
+        out = tmp_path / f"run{weight}"
+        assert train_synthvlm.main([*TINY, "--out", str(out), "--spread-loss", weight, "--spread-at", where]) == 0
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+        values = [entry["spread_loss"] for entry in log if "spread_loss" in entry]
+        assert (len(values) > 0) == (weight == "1") and all(0 < v <= 1 for v in values)

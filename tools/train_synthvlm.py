@@ -136,8 +136,8 @@ def parse_args(argv=None):
                    help="weight of the mean squared cosine similarity between the residual vectors of sampled "
                         "tokens at every decoder layer's input, the inverse participation ratio of their "
                         "normalised second moment (0: off)")
-    p.add_argument("--spread-at", choices=("residual", "linears"), default="residual",
-                   help="where --spread-loss looks: each decoder layer's input, or each distinct input of its "
+    p.add_argument("--spread-at", choices=("residual", "linears"), default=None,
+                   help="where --spread-loss looks: each decoder layer's input (the default), or each distinct input of its "
                         "linears (the attention and MLP inputs after their norms, o_proj's and down_proj's)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint instead of a fresh model: its language and "
@@ -172,6 +172,10 @@ def parse_args(argv=None):
     if args.copy_readout > 0 and not args.copy_loss > 0:
         raise SystemExit("--copy-readout reads the copy layer's output where the copy hop's targets are: it needs "
                          "--copy-loss > 0 (the names world's preset sets it)")
+    if args.spread_at and not args.spread_loss > 0:
+        raise SystemExit(f"--spread-at {args.spread_at} says where --spread-loss looks, but --spread-loss is "
+                         f"{args.spread_loss}: give --spread-loss W > 0 too, or drop --spread-at")
+    args.spread_at = args.spread_at or "residual"
     if args.init_from and not Path(args.init_from).is_file():
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file; give a run's OUT/ckpt.pt")
     if not 1 <= args.init_stage <= final_stage(args.world):
@@ -410,7 +414,8 @@ def copy_readout_loss(model, hidden: torch.Tensor, answers: torch.Tensor, name_i
 
 
 def spread_loss(hidden: list[torch.Tensor], tokens: torch.Tensor) -> torch.Tensor:
-    """Mean over layers of the mean squared cosine similarity between the residual vectors at `tokens`
+    """Mean over the tensors of `hidden` (layer or linear inputs) of the mean squared cosine similarity between
+    their vectors at `tokens`
     ((n, 2) row/position pairs). For unit vectors x_i this is ‖H‖²_F / (tr H)² with H = Σ x_i x_iᵀ, the
     inverse participation ratio: 1 when every token points the same way, about 1/n + 1/d when n tokens are
     spread over all d dimensions."""
@@ -573,7 +578,7 @@ def main(argv=None) -> int:
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None
     read_output = LayerOutput(model, args.bind_layer) if args.bind_loss > 0 and args.read_loss > 0 else None
     copy_output = LayerOutput(model, args.bind_layer + 1) if args.copy_readout > 0 else None
-    layer_inputs = SpreadInputs(model, args.spread_at) if args.spread_loss > 0 else None
+    spread_inputs = SpreadInputs(model, args.spread_at) if args.spread_loss > 0 else None
     name_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(NAMES)), device=device)
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
@@ -657,11 +662,11 @@ def main(argv=None) -> int:
                 answers = batch["input_ids"][copy[:, 0], copy[:, 2]]  # the listed name is the answer
                 auxiliary["copy_readout_loss"] = (args.copy_readout, lambda: copy_readout_loss(
                     model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
-        if layer_inputs is not None:
+        if spread_inputs is not None:
             sampled = spread_tokens(batch["attention_mask"].cpu(), SPREAD_TOKENS,
                                     torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
             auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
-                list(layer_inputs.hidden.values()), sampled))
+                list(spread_inputs.hidden.values()), sampled))
         loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
         for name, value in {"loss": loss, **extra}.items():
             running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value

@@ -387,7 +387,11 @@ def test_spread_inputs_keep_each_layer_input_or_each_distinct_linear_input():
 def test_spread_loss_is_logged_only_when_asked(tmp_path, where):
     for weight in ("0", "1"):
         out = tmp_path / f"run{weight}"
-        assert train_synthvlm.main([*TINY, "--out", str(out), "--spread-loss", weight, "--spread-at", where]) == 0
+        flags = ["--spread-loss", weight] + (["--spread-at", where] if weight == "1" else [])
+        assert train_synthvlm.main([*TINY, "--out", str(out), *flags]) == 0
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         values = [entry["spread_loss"] for entry in log if "spread_loss" in entry]
         assert (len(values) > 0) == (weight == "1") and all(0 < v <= 1 for v in values)
+    with pytest.raises(SystemExit, match="--spread-at .* but --spread-loss is 0.0: give --spread-loss W > 0"):
+        train_synthvlm.main([*TINY, "--out", str(tmp_path / "refused"), "--spread-at", where])
+    assert not (tmp_path / "refused").exists()

@@ -10,7 +10,7 @@ import torch
 
 import train_synthvlm  # tools/ is on pytest's pythonpath (pyproject.toml)
 
-from vlmq_gptqmodel.synth import evaluation, tiny_vlm  # noqa: E402
+from vlmq_gptqmodel.synth import evaluation, headroom, tiny_vlm  # noqa: E402
 from vlmq_gptqmodel.synth.world import CAPTION_PROMPT, FINAL_STAGE, user_turn  # noqa: E402
 from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, tile_labels  # noqa: E402
 from vlmq_gptqmodel.synth.world.scene import SceneText  # noqa: E402
@@ -338,8 +338,7 @@ def test_spread_loss_is_the_inverse_participation_ratio_of_the_sampled_tokens_di
     h = torch.randn(3, 7, 16) + 2.0 * shared
     tokens = torch.tensor([[0, 1], [2, 6], [1, 3], [2, 0], [0, 4]])
     x = torch.nn.functional.normalize(h[tokens[:, 0], tokens[:, 1]].double(), dim=-1)
-    second_moment = x.T @ x
-    participation = (torch.trace(second_moment) ** 2 / second_moment.pow(2).sum()).item()
+    participation = headroom.participation_ratio(x.T @ x)  # the headroom probe's own measure
     assert train_synthvlm.spread_loss([h], tokens).item() == pytest.approx(1 / participation, rel=1e-5)
     inside_both = tokens[:4] % torch.tensor([2, 5])
     assert train_synthvlm.spread_loss([h, same], inside_both).item() == pytest.approx(

@@ -115,7 +115,7 @@ def interpreter_check(bits_list) -> bool:
             error = ((out - expected).abs() / (2.0 ** -10 * expected.abs() + 1e-6)).max().item()
             ok = error <= 1.0
             all_ok &= ok
-            print(f"  W{bits}g{GROUP_SIZE} act-order K=640 N=96 M={m:<3} {dispatch.choose_algorithm(m):<14} "
+            print(f"  W{bits}g{GROUP_SIZE} act-order K=640 N=96 M={m:<3} {dispatch.choose_algorithm(m, weights):<14} "
                   f"max error / (1 fp16 ulp) = {error:.2f}  {'PASS' if ok else 'FAIL'}")
     return all_ok
 
@@ -207,15 +207,17 @@ SWEEP_STAGES = (1, 3)
 
 
 def decode_sweep(weights, weight, weight_bytes, sm_count) -> list:
-    """Candidates over block_n x split-K (none, the dispatch's, 4x it, every K block) x pipeline stages."""
+    """Candidates over block_n x split-K (none, the dispatch's at M <= 8 and at 9-16, 4x the first, every K
+    block) x pipeline stages."""
     from vlmq_gptqmodel.kernels import dispatch
     from vlmq_gptqmodel.kernels.gemv_splitk import gemv_splitk
 
-    auto = dispatch.decode_config(weights.out_features, weights.n_blocks, sm_count)
-    splits = sorted({1, auto.split_k, min(weights.n_blocks, 4 * auto.split_k), weights.n_blocks})
+    autos = [dispatch.decode_config(m, weights.bits, weights.out_features, weights.n_blocks, sm_count) for m in (1, 16)]
+    splits = sorted({1, *(auto.split_k for auto in autos), min(weights.n_blocks, 4 * autos[0].split_k),
+                     weights.n_blocks})
     return [Candidate(f"VLMQ W{weights.bits} gemv bn{block_n} sk{split} st{stages}",
                       lambda x, b=block_n, s=split, st=stages: gemv_splitk(
-                          x, weights, None, block_n=b, split_k=s, num_warps=auto.num_warps, num_stages=st),
+                          x, weights, None, block_n=b, split_k=s, num_warps=autos[0].num_warps, num_stages=st),
                       weight_bytes, weight)
             for block_n in SWEEP_BLOCK_N for split in splits for stages in SWEEP_STAGES]
 

@@ -64,16 +64,22 @@ class StaticReport:
     mix: dict
 
 
+def decode_launch(m: int, bits: int, arch: int) -> "dispatch.DecodeConfig":
+    """The GEMV launch the dispatch makes for a q/k/v-sized layer (K 4096, N 4608) on a 132-SM GPU."""
+    return dispatch.decode_config(m, bits, out_features=4608, n_blocks=4096 // layout.BLOCK_ROWS[bits], sm_count=132,
+                                  arch=arch)
+
+
 def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: bool = False, arch: int = 90) -> list:
     """The launch configurations dispatch.py picks on `arch`, one per M bucket, plus the fallback's dequant."""
     block_rows = layout.BLOCK_ROWS[bits]
     common = dict(BITS=bits, GROUP_SIZE=group_size, HAS_PERM=act_order, HAS_BIAS=False, ASM=asm, UPCAST_DOT=False)
     found = []
     for m, label in ((1, "1-8"), (16, "9-16")):  # block_m_for: 8, 16 rows
-        config = dispatch.decode_config(out_features=4608, n_blocks=8, sm_count=1)
+        config = decode_launch(m, bits, arch)
         found.append(Variant(
             f"gemv_splitk M={label}", _gemv_splitk_kernel,
-            dict(common, ATOMIC_OUT=False, BLOCK_M=block_m_for(m), BLOCK_N=config.block_n),
+            dict(common, ATOMIC_OUT=config.split_k > 1, BLOCK_M=block_m_for(m), BLOCK_N=config.block_n),
             config.num_warps, config.num_stages, block_rows * config.block_n / (32 * config.num_warps)))
     for m, label in ((32, "17-32"), (64, "33-64"), (1024, "65+")):
         config = dispatch.prefill_config(m, arch)
@@ -155,7 +161,8 @@ def compile_variant(variant: Variant, arch: int) -> StaticReport:
         registers=int(re.search(r"Used (\d+) registers", usage).group(1)),
         spill_bytes=int(re.search(r"(\d+) bytes spill stores", usage).group(1)),
         shared_bytes=compiled.metadata.shared,
-        wide_weight_loads=bool(re.search(r"LDG\.E\.(128|ENL2\.256)", sass) or "LDGSTS.E.BYPASS.128" in sass),
+        # cp.async copies (LDGSTS) are not counted: in the staged GEMV the 128-bit ones carry activations
+        wide_weight_loads=bool(re.search(r"LDG\.E\.(128|ENL2\.256)", sass)),
         loop_instructions=total,
         instructions_per_weight=total / variant.weights_per_thread_per_block,
         mix=dict(mix.most_common(8)),

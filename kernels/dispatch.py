@@ -1,16 +1,19 @@
 """The one place that picks an algorithm and its launch configuration from the number of rows M.
 
     M <= 16                      gemv_splitk     weights streamed once, split-K when N alone cannot fill the GPU
-    16 < M <= fused_gemm_max_m() gemm_tiled      fused dequant + tensor-core GEMM
+    16 < M <= fused_gemm_max_m() gemm_tiled      fused dequant + tensor-core GEMM (off by default: see below)
     M > fused_gemm_max_m()       dequant_matmul  dequantize once into the activation dtype, then torch.matmul
 
-Above some M the fused tile is compute-bound and re-dequantizes every weight tile for every row block,
-while cuBLAS on a dequantized W costs FP16 matmul time plus one pass that writes 2 bytes per weight.
-`benchmarks/linear_latency.py` times all three paths and reports the crossover. Measured on an H200
-(benchmarks/results/gpu/, the only GPU measured so far): at M=64 dequantize + cuBLAS was faster than the
-fused tile for every Table-11 shape at 2, 3 and 4 bits (e.g. down W2 90.6 vs 197.4 µs), so the default
-sends M > 32 to cuBLAS; M = 17-32 was not measured and keeps the fused tile. VLMQ_FUSED_GEMM_MAX_M (or
-`set_fused_gemm_max_m`) sets another crossover.
+Every choice here was timed on an H200 (benchmarks/results/gpu/, the only GPU measured so far; run 2 swept
+the GEMV's launches):
+- dequantize + cuBLAS beat the fused tile at M = 32, 64, 256 and 1024 for every Table-11 shape at 2, 3 and
+  4 bits but gate/up at one M each (W2 and W3 at M = 32, W4 at 64: 1-22 % faster fused; down W2 M=32: 303 µs fused, 89 µs
+  dequantize + cuBLAS), so by default nothing takes the fused tile. VLMQ_FUSED_GEMM_MAX_M (or
+  `set_fused_gemm_max_m`) sets another crossover for a GPU where it wins.
+- Weights whose groups split a block into 16-row sub-tiles (group size 16, and 80 at 3 bits) go to
+  dequantize + cuBLAS at every M: compiled for the H200, the 16-row tensor-core dot gave wrong outputs in
+  the GEMV at M <= 8 and in the 32-row tile (with the inline PTX on and off; the Triton interpreter, which
+  CI runs, computes them right), while the dequant kernel was exact.
 """
 import os
 from dataclasses import dataclass
@@ -26,7 +29,13 @@ from .layout import KernelWeights
 
 DECODE_MAX_M = 16
 FUSED_GEMM_MAX_M_ENV = "VLMQ_FUSED_GEMM_MAX_M"
-DEFAULT_FUSED_GEMM_MAX_M = 32
+DEFAULT_FUSED_GEMM_MAX_M = DECODE_MAX_M  # no M takes the fused tile unless asked (module docstring)
+# Sub-tiles of 2P rows (layout.pair_rows) that the fused kernels' dots handle correctly when compiled
+MIN_FUSED_SUBTILE_ROWS = 32
+# Weight columns each SM should stream at once in the GEMV (output columns x K splits per SM): 256 reproduces
+# the split counts that timed fastest on the H200 at 64- and at 128-column tiles
+COLUMNS_IN_FLIGHT_PER_SM = 256
+MIN_DECODE_SPLITS = 4
 ALGORITHMS = ("gemv_splitk", "gemm_tiled", "dequant_matmul")
 
 _fused_gemm_max_m: Optional[int] = None
@@ -54,9 +63,16 @@ def fused_gemm_max_m() -> int:
     return _parse_max_m(os.environ.get(FUSED_GEMM_MAX_M_ENV, str(DEFAULT_FUSED_GEMM_MAX_M)))
 
 
-def choose_algorithm(m: int) -> str:
+def fused_kernels_take(weights: KernelWeights) -> bool:
+    """Whether the fused kernels are trusted with this weight's group layout (module docstring)."""
+    return 2 * weights.pair_rows >= MIN_FUSED_SUBTILE_ROWS
+
+
+def choose_algorithm(m: int, weights: Optional[KernelWeights] = None) -> str:
     if m < 1:
         raise ValueError(f"need at least one activation row, got M={m}")
+    if weights is not None and not fused_kernels_take(weights):
+        return "dequant_matmul"
     if m <= DECODE_MAX_M:
         return "gemv_splitk"
     if m <= fused_gemm_max_m():
@@ -69,9 +85,7 @@ class DecodeConfig:
     block_n: int
     split_k: int
     num_warps: int
-    # Named, not Triton's default 3: three stages take the GEMV to 250-255 registers and 57-97 KB of shared
-    # memory on sm_90 (one stage: 164-168 and 8 KB), and compile_check reports the launch that runs.
-    num_stages: int = 1
+    num_stages: int  # always named: Triton's default (3) is not what compile_check would count otherwise
 
 
 @dataclass(frozen=True)
@@ -89,15 +103,28 @@ def streaming_multiprocessors(device: torch.device) -> int:
     return 1
 
 
-def decode_config(out_features: int, n_blocks: int, sm_count: int) -> DecodeConfig:
-    # 128 columns at 4 warps: 16 weights per thread per activation value loaded (M = 1), and the fewest
-    # SASS instructions per weight among the configurations compiled for sm_80/sm_90 (compile_check.py).
-    block_n = 128
-    n_tiles = triton.cdiv(out_features, block_n)
-    # Split K only when the column tiles alone give fewer than two programs per SM, so that enough
-    # loads are in flight; each split costs an fp32 atomic reduction plus a cast.
-    split_k = max(1, min(n_blocks, triton.cdiv(2 * sm_count, n_tiles)))
-    return DecodeConfig(block_n=block_n, split_k=split_k, num_warps=4)
+def decode_config(m: int, bits: int, out_features: int, n_blocks: int, sm_count: int,
+                  arch: Optional[int] = None) -> DecodeConfig:
+    """The GEMV launch for M rows on `arch` (compute_capability), as the H200 sweep (linear_latency.py
+    --decode-sweep) timed fastest."""
+    split_k = triton.cdiv(COLUMNS_IN_FLIGHT_PER_SM * sm_count, out_features)
+    if arch is not None and arch < 90:
+        # Not timed before Hopper: the launch used before the H200 sweep (128 columns, one stage), which
+        # compile_check finds spill-free with 128-bit weight loads on sm_80 (64 columns spill at 16 rows)
+        return DecodeConfig(128, max(1, min(n_blocks, split_k)), num_warps=4, num_stages=1)
+    if m <= 8:
+        # One stage, so a program has one block's loads in flight: at least MIN_DECODE_SPLITS splits even where
+        # the columns alone fill the SMs (gate/up: 1.05-1.33x faster than one split). 4-bit words hold fewer
+        # weights: 128 columns per program were faster there (q/k/v 18.3 vs 21.9 µs), 64 at 2 and 3 bits (down
+        # W2 31.5 vs 39.3). Within 12 % of the fastest swept launch for every shape and width at M = 1.
+        block_n = 128 if bits == 4 else 64
+        return DecodeConfig(block_n, max(1, min(n_blocks, max(split_k, MIN_DECODE_SPLITS))), num_warps=4,
+                            num_stages=1)
+    # 16 padded rows: three stages overlap the next block's loads with this one's MMAs (at M = 16, 1.4-3.2x faster
+    # than the one-stage 128-column launch dispatched before, every shape and width, although the staged copies
+    # of the words are 32-bit: compile_check), which needs a few blocks per split: split only a long K (down: 10
+    # splits timed fastest of 1, 10 and 37).
+    return DecodeConfig(64, max(1, min(n_blocks // 4, split_k)), num_warps=4, num_stages=3)
 
 
 def compute_capability(device: torch.device) -> Optional[int]:
@@ -136,9 +163,10 @@ def quantized_matmul(x: torch.Tensor, weights: KernelWeights, bias: Optional[tor
     """out[M, N] = x[M, K] @ W.T (+ bias) for a 2-D contiguous fp16/bf16 x; `algorithm` overrides the
     choice by M (for tests and the benchmark)."""
     m = x.shape[0]
-    algorithm = algorithm or choose_algorithm(m)
+    algorithm = algorithm or choose_algorithm(m, weights)
     if algorithm == "gemv_splitk":
-        config = decode_config(weights.out_features, weights.n_blocks, streaming_multiprocessors(x.device))
+        config = decode_config(m, weights.bits, weights.out_features, weights.n_blocks,
+                               streaming_multiprocessors(x.device), compute_capability(x.device))
         return gemv_splitk(x, weights, bias, block_n=config.block_n, split_k=config.split_k,
                            num_warps=config.num_warps, num_stages=config.num_stages)
     if algorithm == "gemm_tiled":

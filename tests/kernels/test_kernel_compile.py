@@ -69,9 +69,11 @@ def test_compile_check_compiles_the_launches_the_dispatch_makes():
     for arch in (80, 90):
         for variant in compile_check.variants(3, arch=arch):
             if variant.name.startswith("gemv_splitk"):
-                config = dispatch.decode_config(out_features=4608, n_blocks=8, sm_count=1)
+                m = {"1-8": 1, "9-16": 16}[variant.name.split("M=")[1]]
+                config = dispatch.decode_config(m, 3, out_features=4608, n_blocks=6, sm_count=132, arch=arch)
                 assert (variant.num_warps, variant.num_stages) == (config.num_warps, config.num_stages)
                 assert variant.constexprs["BLOCK_N"] == config.block_n
+                assert variant.constexprs["ATOMIC_OUT"] == (config.split_k > 1)
             elif variant.name.startswith("gemm_tiled"):
                 m = {"17-32": 32, "33-64": 64, "65+": 1024}[variant.name.split("M=")[1]]
                 config = dispatch.prefill_config(m, arch)
@@ -82,9 +84,10 @@ def test_compile_check_compiles_the_launches_the_dispatch_makes():
 
 def test_decode_gemv_inner_loop_stays_lean(reports):
     """One LOP3 and one HFMA2 per two weights plus the MMA, activation and group overhead (2.12 SASS
-    instructions per weight at 3 bits on sm_90 with the inline PTX when written, 4.39 with its twin): a
-    regression that adds a conversion per code or per-weight scale loads shows here."""
+    instructions per weight at 3 bits on sm_90 with the inline PTX at 128 columns, 2.59 at the 64 the H200
+    timed faster; 4.39 with its twin): a regression that adds a conversion per code (+0.5) or per-weight scale
+    loads shows here."""
     asm, twin = (next(r for r in reports if r["variant"] == "gemv_splitk M=1-8" and r["arch"] == 90
                       and r["asm"] == flag) for flag in (True, False))
-    assert asm["instructions_per_weight"] < 2.5, asm
+    assert asm["instructions_per_weight"] < 2.75, asm
     assert twin["instructions_per_weight"] < 5.0, twin

@@ -23,14 +23,26 @@
 #              twin of the inline PTX, which the kernels step runs by default) -> kernel_tests_twin.txt
 #   static     SASS instruction counts per weight for sm_90, inline PTX on    -> compile_check.txt
 # --dry-run (CPU, tested in CI): runs nothing heavy; checks each step's imports and command line instead.
+#
+#   benchmarks/gpu_check.sh --train [--dry-run] [OUT_DIR]   # issue 15: train the headroom yardstick on the GPU
+#
+# --train runs env and install, then instead of the steps above (at most about 9 minutes):
+#   train      tools/train_synthvlm.py --preset TRAIN_PRESET (default faint) --device cuda, batches prepared by 12
+#              worker processes, at most TRAIN_MINUTES (default 6) of training in all (resumable: runs/gpu-train/),
+#              exported in fp16
+#                                            -> train_log.jsonl, <preset>-model.tar (the export as one file: a
+#                                               device run returns at most 8)
+#   probe      tools/headroom_probe.py on the export (GPTQ's room at W2/W3)            -> headroom.md
 set -uo pipefail
 
 DRY_RUN=0
+TRAIN=0
 OUT=benchmarks/results/gpu
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
-        -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+        --train) TRAIN=1 ;;
+        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) OUT=$arg ;;
     esac
@@ -112,6 +124,22 @@ if [ $DRY_RUN = 1 ]; then
     step install - 60 -- "$PY" -c "import vlmq_gptqmodel.kernels; print('kernels import')"
 else
     step install - 120 -- install_project
+fi
+if [ $TRAIN = 1 ]; then
+    PRESET=${TRAIN_PRESET:-faint}
+    # In the work tree's ignored runs/: a second call on the still-warm machine resumes from its checkpoint
+    # (give it a larger TRAIN_MINUTES: the budget counts the run's whole training time)
+    RUN=runs/gpu-train/$PRESET
+    run_or_check train - $(( ${TRAIN_MINUTES:-6} * 60 + 90 )) -- tools/train_synthvlm.py --preset "$PRESET" --device cuda \
+        --data-workers 12 --threads 4 --max-minutes "${TRAIN_MINUTES:-6}" --out "$RUN" --export "$RUN-model"
+    if [ $DRY_RUN = 0 ]; then
+        cp "$RUN/log.jsonl" "$OUT/train_log.jsonl"
+        [ -d "$RUN-model" ] && tar -cf "$OUT/$PRESET-model.tar" -C "$(dirname "$RUN")" "$PRESET-model"
+    fi
+    run_or_check probe - 120 -- tools/headroom_probe.py --model "$RUN-model" --out "$OUT/headroom.md"
+    echo
+    cat "$STEPS"
+    exit $FAILED
 fi
 run_or_check latency - 150 -- benchmarks/linear_latency.py --m 1 16 32 64 256 1024 --bits 2 3 4 --reps 30 \
     --decode-sweep --out "$OUT"

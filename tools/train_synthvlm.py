@@ -88,13 +88,16 @@ PRESETS = {
     "names": dict(world="names", image_size=WORLD_IMAGE_SIZE["names"], layers=8, batch_size=24,
                   max_stage_steps=400, max_minutes=170.0, copy_loss=1.0, out="runs/names"),
 }
+# the deep recipe in the faint world (items at low contrast in the final stage: answers with small margins)
+PRESETS["faint"] = dict(PRESETS["deep"], world="faint", out="runs/faint")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", choices=tuple(PRESETS), default="synthvlm",
                    help="a named recipe that sets the defaults of the other flags (synthvlm: the shipped model; "
-                        "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world)")
+                        "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world; "
+                        "faint: deep's recipe in the faint world)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
                    help="which synthetic world to learn (its final stage is the evaluation distribution)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
@@ -140,7 +143,8 @@ def parse_args(argv=None):
                    help="where --spread-loss looks: each decoder layer's input (the default), or each distinct input of its "
                         "linears (the attention and MLP inputs after their norms, o_proj's and down_proj's)")
     p.add_argument("--init-from", default=None, metavar="CKPT",
-                   help="start a new run from another run's checkpoint instead of a fresh model: its language and "
+                   help="start a new run from another run's checkpoint, or from an exported model folder (e.g. the "
+                        "shipped vlmq_gptqmodel/synth/assets/synthvlm), instead of a fresh model: its language and "
                         "vision weights (words this world adds to the vocabulary get rows as load_overlapping says); "
                         "training starts at --init-stage (ignored once OUT/ckpt.pt exists)")
     p.add_argument("--init-stage", type=int, default=1, help="the curriculum stage an --init-from run starts at")
@@ -154,6 +158,10 @@ def parse_args(argv=None):
     p.add_argument("--max-minutes", type=float, default=55.0, help="stop (and save) after this wall time")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--val-samples", type=int, default=40)
+    p.add_argument("--data-workers", type=int, default=0,
+                   help="processes that prepare the next steps' batches (rendering, processor, targets) while this "
+                        "one trains: about 0.5 s of one core per step, more than a GPU step; the same batches "
+                        "whatever the number (0: prepare each step here)")
     p.add_argument("--threads", type=int, default=2,
                    help="torch threads; use 1 when other jobs share the cores (2 threads then wait on each other)")
     p.add_argument("--bf16", action="store_true",
@@ -176,8 +184,9 @@ def parse_args(argv=None):
         raise SystemExit(f"--spread-at {args.spread_at} says where --spread-loss looks, but --spread-loss is "
                          f"{args.spread_loss}: give --spread-loss W > 0 too, or drop --spread-at")
     args.spread_at = args.spread_at or "residual"
-    if args.init_from and not Path(args.init_from).is_file():
-        raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file; give a run's OUT/ckpt.pt")
+    if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
+        raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
+                         f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
     if not 1 <= args.init_stage <= final_stage(args.world):
         raise SystemExit(f"--init-stage {args.init_stage}: the {args.world} world has stages 1..{final_stage(args.world)}")
     return args
@@ -238,21 +247,23 @@ class Rows(NamedTuple):
 
 
 class CurriculumStream:
-    """Fresh training samples per stage, each stage with its own index counter (so resuming is exact)."""
+    """Fresh training samples per step: a pure function of (seed, stage, step), so resuming is exact and batches
+    can be prepared ahead in worker processes (--data-workers) without changing them."""
 
-    def __init__(self, args, counters=None):
+    def __init__(self, args):
         self.args = args
-        self.counters = counters or {s: 0 for s in range(1, final_stage(args.world) + 1)}
 
-    def batch(self, stage: int, rng: np.random.Generator):
+    def batch(self, stage: int, step: int) -> Rows:
         """batch_size single-question conversations (rows), their images, scenes and question subjects,
         ROWS_PER_IMAGE per image."""
+        rng = np.random.default_rng([self.args.seed, step])
+        index = step * self.args.batch_size  # a sample gives at least one row: no two steps share an image
         rows = Rows([], [], [], [])
         while len(rows.conversations) < self.args.batch_size:
             s = stage if stage == 1 or rng.random() >= self.args.replay else int(rng.integers(1, stage))
-            sample = make_sample("train", self.counters[s], self.args.seed, image_size=self.args.image_size, stage=s,
+            sample = make_sample("train", index, self.args.seed, image_size=self.args.image_size, stage=s,
                                  world=self.args.world)
-            self.counters[s] += 1
+            index += 1
             captions = WORLDS[self.args.world][s - 1].captions and rng.random() < self.args.caption_probability
             for conversation, subject in training_rows(sample, rng, captions)[:self.args.batch_size - len(rows.conversations)]:
                 rows.conversations.append(conversation)
@@ -473,6 +484,20 @@ def validate(model, processor, args, stage: int) -> dict:
     return report
 
 
+EXPORTED_WEIGHTS = "model.safetensors"
+
+
+def initial_weights(path: Path, model, device) -> dict:
+    """A training checkpoint, or {"model": weights} of an exported folder, loaded the way evaluation loads it
+    (transformers maps the saved names onto the model's and fills the tied matrices), in the model's dtype."""
+    if path.is_file():
+        return torch.load(path, weights_only=False, map_location=device)
+    from transformers import AutoModelForImageTextToText
+
+    exported = AutoModelForImageTextToText.from_pretrained(path, dtype=next(model.parameters()).dtype)
+    return {"model": {name: value.to(device) for name, value in exported.state_dict().items()}}
+
+
 def load_overlapping(model, saved: dict) -> None:
     """Load another run's weights; an embedding or output matrix with fewer rows (a smaller vocabulary whose
     words this world's vocabulary starts with) fills the first rows. The added words' input embeddings are
@@ -536,6 +561,69 @@ class Clock:
         return {"minutes": round(state["elapsed"] / 60, 2), "cpu_minutes": round(state["cpu"] / 60, 2)}
 
 
+class PreparedStep(NamedTuple):
+    """Everything a step needs from its rows, on the CPU: the encoded batch, each image token's tile labels,
+    the attention hops' targets (None without --bind-loss) and the number of images."""
+    batch: dict
+    labels: torch.Tensor
+    targets: tuple | None
+    n_images: int
+
+
+def prepare_step(args, processor, stage: int, step: int) -> PreparedStep:
+    rows = CurriculumStream(args).batch(stage, step)
+    batch = encode_training_batch(processor, rows.conversations, rows.images)
+    labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in rows.scenes]))
+    targets = None
+    if args.bind_loss > 0:
+        targets = binding_targets(batch["input_ids"], batch["labels_mask"], rows.subjects, args.image_size,
+                                  processor.tokenizer)
+    return PreparedStep(dict(batch), labels, targets, len(rows.scenes))
+
+
+_worker_context = None  # (args, processor) in a --data-workers process
+
+
+def _start_worker(args) -> None:
+    global _worker_context
+    torch.set_num_threads(1)
+    tokenizer = tiny_vlm.build_tokenizer(WORLD_VOCAB[args.world])
+    _worker_context = (args, tiny_vlm.build_processor(tokenizer, ARCH, args.image_size))
+
+
+def _prepare_in_worker(stage: int, step: int) -> tuple:
+    # a plain tuple: the worker's copy of this script is __mp_main__, whose classes the trainer cannot unpickle
+    return tuple(prepare_step(*_worker_context, stage, step))
+
+
+class StepFeeder:
+    """Prepared steps, made here (workers=0) or up to `ahead` steps in advance by worker processes: rendering and
+    the processor cost about 0.5 s a step on one CPU core, longer than a GPU step. The same steps either way;
+    steps prepared for a stage the run has left are dropped."""
+
+    def __init__(self, args, processor, workers: int, ahead: int):
+        self.args, self.processor, self.ahead = args, processor, ahead
+        self.pending = {}
+        self.pool = None
+        if workers > 0:
+            import multiprocessing
+            # spawn: a forked child would inherit the trainer's thread pools (and, on a GPU, its CUDA context)
+            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=(args,))
+
+    def get(self, stage: int, step: int) -> PreparedStep:
+        if self.pool is None:
+            return prepare_step(self.args, self.processor, stage, step)
+        self.pending = {key: job for key, job in self.pending.items() if key[0] == stage and key[1] >= step}
+        for ahead in range(step, step + self.ahead):
+            if (stage, ahead) not in self.pending:
+                self.pending[(stage, ahead)] = self.pool.apply_async(_prepare_in_worker, (stage, ahead))
+        return PreparedStep(*self.pending.pop((stage, step)).get())
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+
+
 def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type: str = "cpu") -> tuple[float, dict[str, float]]:
     """One update. auxiliary maps a name to (weight, loss function); each function is called after the
     forward pass (it reads what the hooks kept) and its weighted loss is added to the answer loss."""
@@ -582,8 +670,7 @@ def main(argv=None) -> int:
     name_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(NAMES)), device=device)
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
-    state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "counters": None,
-             "elapsed": 0.0, "cpu": 0.0}
+    state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "elapsed": 0.0, "cpu": 0.0}
     ckpt = out / "ckpt.pt"
     if ckpt.exists():
         saved = torch.load(ckpt, weights_only=False, map_location=device)
@@ -601,7 +688,7 @@ def main(argv=None) -> int:
         state.update(saved)
         print(f"resumed at step {state['step']} (stage {state['stage']})", flush=True)
     elif args.init_from:
-        start = torch.load(args.init_from, weights_only=False, map_location=device)
+        start = initial_weights(Path(args.init_from), model, device)
         if not isinstance(start, dict) or "model" not in start:
             raise SystemExit(f"--init-from {args.init_from} is not a training checkpoint (no 'model' weights); "
                              f"give a run's OUT/ckpt.pt")
@@ -611,8 +698,6 @@ def main(argv=None) -> int:
             state["final_start"] = 0
         print(f"starting from {args.init_from} at stage {args.init_stage}", flush=True)
     torch.manual_seed(args.seed + state["step"])
-    rng = np.random.default_rng([args.seed, state["step"]])
-    stream = CurriculumStream(args, state["counters"])
     out.mkdir(parents=True, exist_ok=True)  # only now: a refused --init-from leaves nothing behind
     log = (out / "log.jsonl").open("a")
 
@@ -627,6 +712,7 @@ def main(argv=None) -> int:
         return 0
     emit({"params": sum(p.numel() for p in model.parameters()), "args": vars(args)})
     clock = Clock(state)
+    feeder = StepFeeder(args, processor, args.data_workers, ahead=2 * args.data_workers)
     model.train()
     running = {}
     while state["final_start"] is None or state["step"] - state["final_start"] < args.final_steps:
@@ -635,19 +721,16 @@ def main(argv=None) -> int:
             break
         for group in optimizer.param_groups + probe_optimizer.param_groups:
             group["lr"] = learning_rate(state["step"], args, state["final_start"])
-        rows = stream.batch(state["stage"], rng)
-        batch = encode_training_batch(processor, rows.conversations, rows.images).to(device)
+        prepared = feeder.get(state["stage"], state["step"])
+        batch = {name: value.to(device) for name, value in prepared.batch.items()}
         auxiliary = {}
-        labels = torch.from_numpy(np.concatenate([tile_labels(scene, args.image_size) for scene in rows.scenes]))
-        labels = labels.to(device)
+        labels = prepared.labels.to(device)
         if args.tile_loss > 0:
-            every_tile = torch.arange(n_tiles ** 2, device=device).repeat(len(rows.scenes))
+            every_tile = torch.arange(n_tiles ** 2, device=device).repeat(prepared.n_images)
             auxiliary["tile_loss"] = (args.tile_loss,
                                       lambda: probes["tiles"].loss(vision_tokens.tokens, labels, every_tile))
         if head_attention is not None:
-            targets = binding_targets(batch["input_ids"].cpu(), batch["labels_mask"].cpu(), rows.subjects,
-                                      args.image_size, processor.tokenizer)
-            targets = tuple(t.to(device) for t in targets)
+            targets = tuple(t.to(device) for t in prepared.targets)
             weights = (args.bind_loss, args.bind_loss, args.copy_loss)
             for name, layer, weight, hop_targets in zip(("gather_loss", "read_loss", "copy_loss"), hops, weights, targets):
                 auxiliary[name] = (weight, lambda layer=layer, hop_targets=hop_targets:
@@ -663,7 +746,7 @@ def main(argv=None) -> int:
                 auxiliary["copy_readout_loss"] = (args.copy_readout, lambda: copy_readout_loss(
                     model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
         if spread_inputs is not None:
-            sampled = spread_tokens(batch["attention_mask"].cpu(), SPREAD_TOKENS,
+            sampled = spread_tokens(prepared.batch["attention_mask"], SPREAD_TOKENS,
                                     torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
             auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
                 list(spread_inputs.hidden.values()), sampled))
@@ -681,9 +764,8 @@ def main(argv=None) -> int:
             emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
                   "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
             next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
-            state["counters"] = stream.counters
             save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
-    state["counters"] = stream.counters
+    feeder.close()
     timing = clock.record(state)
     save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
     emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"])})

@@ -22,6 +22,17 @@ def test_dry_run_checks_every_step(tmp_path):
     assert "test_inline_ptx_matches_its_twin_bit_for_bit" in twin_tests and "test_dispatch_matches_reference" in twin_tests
 
 
+def test_train_dry_run_checks_the_training_steps_only(tmp_path):
+    """--train (issue 15's yardstick trained on a lent GPU): env, install, train and probe, nothing else."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--train", "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    steps = (tmp_path / "steps.md").read_text()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [line.split("|")[1].strip() for line in steps.splitlines()[4:]] == ["env", "install", "train", "probe"]
+    assert "| train | ok |" in steps and "--device cuda" in done.stdout
+
+
 def _check(*argv):
     return subprocess.run([sys.executable, str(CHECK), *argv], capture_output=True, text=True, cwd=ROOT)
 

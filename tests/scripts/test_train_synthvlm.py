@@ -4,7 +4,6 @@ only sees the assistant's words."""
 import itertools
 import json
 
-import numpy as np
 import pytest
 import torch
 
@@ -65,7 +64,7 @@ def test_tile_probe_sees_one_vision_token_per_tile_of_every_row():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])
     model, processor = train_synthvlm.build_fresh_model(args)
     tokens = train_synthvlm.VisionTokens(model)
-    conversations, images, _, _ = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    conversations, images, _, _ = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
     batch = train_synthvlm.encode_training_batch(processor, conversations, images)
     batch.pop("labels_mask")
     with torch.no_grad():
@@ -95,7 +94,7 @@ def test_loss_mask_covers_exactly_the_assistant_answers():
 def test_training_rows_are_single_questions_in_the_evaluation_format():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
     stream = train_synthvlm.CurriculumStream(args)
-    conversations, images, scenes, subjects = stream.batch(FINAL_STAGE, np.random.default_rng(0))
+    conversations, images, scenes, subjects = stream.batch(FINAL_STAGE, step=0)
     assert len(conversations) == len(images) == len(scenes) == len(subjects) == 40
     assert all((a is b) == (sa is sb) for (a, sa), (b, sb) in itertools.combinations(zip(images, scenes), 2))
     kinds, questions = [], []
@@ -120,7 +119,7 @@ def test_binding_targets_point_each_answer_word_at_the_tokens_it_needs():
     about; read key: an image token whose tile holds it (or the glyph that word spells). Captions get none."""
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "40"])
     _, processor = train_synthvlm.build_fresh_model(args)
-    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
     batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
     ids, tok = batch["input_ids"], processor.tokenizer
     image_pad = tok.convert_tokens_to_ids(tiny_vlm.IMAGE_PAD)
@@ -178,7 +177,7 @@ def test_supervised_head_weights_are_the_layers_attention():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "2"])
     model, processor = train_synthvlm.build_fresh_model(args)
     head = train_synthvlm.HeadAttention(model, (0, 1))
-    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, np.random.default_rng(0))
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
     batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
     batch.pop("labels_mask")
     with torch.no_grad():
@@ -206,7 +205,7 @@ def test_in_the_names_world_gather_reads_the_question_and_copy_the_listed_name()
     from the position predicting a name, the one place that name sits in the list, after its colour."""
     args = train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--batch-size", "40"])
     _, processor = train_synthvlm.build_fresh_model(args)
-    rows = train_synthvlm.CurriculumStream(args).batch(4, np.random.default_rng(0))  # colour and name questions
+    rows = train_synthvlm.CurriculumStream(args).batch(4, step=0)  # colour and name questions
     batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
     ids, tok = batch["input_ids"], processor.tokenizer
     gather, read, copy = train_synthvlm.binding_targets(ids, batch["labels_mask"], rows.subjects, args.image_size, tok)
@@ -286,7 +285,7 @@ def test_copy_readout_reads_the_copy_layer_through_the_output_rows_and_trains_wh
     model, processor = train_synthvlm.build_fresh_model(args)
     copy_layer = args.bind_layer + 1
     hidden = train_synthvlm.LayerOutput(model, copy_layer)
-    rows = train_synthvlm.CurriculumStream(args).batch(4, np.random.default_rng(0))
+    rows = train_synthvlm.CurriculumStream(args).batch(4, step=0)
     batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
     tok = processor.tokenizer
     _, _, copy = train_synthvlm.binding_targets(batch["input_ids"], batch.pop("labels_mask"), rows.subjects,
@@ -363,7 +362,7 @@ def test_spread_inputs_keep_each_layer_input_or_each_distinct_linear_input():
     args = train_synthvlm.parse_args([*TINY, "--out", "unused"])
     model, processor = train_synthvlm.build_fresh_model(args)
     residual, linears = (train_synthvlm.SpreadInputs(model, where) for where in ("residual", "linears"))
-    rows = train_synthvlm.CurriculumStream(args).batch(1, np.random.default_rng(0))
+    rows = train_synthvlm.CurriculumStream(args).batch(1, step=0)
     batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
     kept = {}
     layers = train_synthvlm.QWEN_VL.decoder_layers(model)
@@ -394,3 +393,45 @@ def test_spread_loss_is_logged_only_when_asked(tmp_path, where):
     with pytest.raises(SystemExit, match="--spread-at .* but --spread-loss is 0.0: give --spread-loss W > 0"):
         train_synthvlm.main([*TINY, "--out", str(tmp_path / "refused"), "--spread-at", where])
     assert not (tmp_path / "refused").exists()
+
+
+def test_steps_are_a_function_of_seed_stage_and_step_whoever_prepares_them():
+    """Resuming at a step, or preparing steps ahead in --data-workers processes, gives the same batches: each
+    step's rows depend on (seed, stage, step) alone, and no two steps share an image."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    stream = train_synthvlm.CurriculumStream(args)
+    first, again, later = stream.batch(FINAL_STAGE, 5), stream.batch(FINAL_STAGE, 5), stream.batch(FINAL_STAGE, 6)
+    assert first.conversations == again.conversations and first.scenes == again.scenes
+    assert not {id(s) for s in first.scenes} & {id(s) for s in later.scenes}
+    assert not set(map(repr, first.scenes)) & set(map(repr, later.scenes))
+    wanted = [(1, 0), (1, 1), (2, 2), (FINAL_STAGE, 3), (FINAL_STAGE, 4)]  # a stage change drops prepared steps
+    feeder = train_synthvlm.StepFeeder(args, processor, workers=2, ahead=3)
+    try:
+        for stage, step in wanted:
+            here, there = train_synthvlm.prepare_step(args, processor, stage, step), feeder.get(stage, step)
+            assert here.batch.keys() == there.batch.keys() and here.n_images == there.n_images
+            assert all(torch.equal(here.batch[k], there.batch[k]) for k in here.batch)
+            assert torch.equal(here.labels, there.labels)
+            assert all(torch.equal(a, b) for a, b in zip(here.targets, there.targets))
+        assert all(key[0] == FINAL_STAGE and key[1] > 4 for key in feeder.pending)
+    finally:
+        feeder.close()
+
+
+def test_a_run_can_start_from_an_exported_model(tmp_path):
+    """--init-from takes an exported folder too (the shipped model's, say): its weights as evaluation loads them."""
+    from transformers import AutoModelForImageTextToText
+
+    source = tmp_path / "source"
+    assert train_synthvlm.main(["--out", str(tmp_path / "first"), "--export", str(source), *TINY]) == 0
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--seed", "3", "--world", "synthvlm-faint",
+                                             "--init-from", str(source), "--init-stage", "3"])
+    model, _ = train_synthvlm.build_fresh_model(args)
+    start = train_synthvlm.initial_weights(source, model, torch.device("cpu"))
+    train_synthvlm.load_overlapping(model, start["model"])
+    exported = AutoModelForImageTextToText.from_pretrained(source, dtype=torch.float32).state_dict()
+    assert model.state_dict().keys() == exported.keys()
+    assert all(torch.equal(model.state_dict()[k], exported[k]) for k in exported)
+    with pytest.raises(SystemExit, match="no such checkpoint file or exported model"):
+        train_synthvlm.parse_args(TINY + ["--out", "unused", "--init-from", str(tmp_path / "first")])

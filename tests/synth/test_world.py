@@ -308,3 +308,40 @@ def test_deep_world_images_are_mostly_background():
         labels = tile_labels(s.scene, size)
         assert labels.shape[0] == (size // TOKEN_PIXELS) ** 2 == 196
         assert (labels.any(axis=1)).sum() <= 8  # at most 4 objects and 4 glyphs hold anything
+
+
+def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there():
+    from dataclasses import replace as with_fields
+
+    from vlmq_gptqmodel.synth.world import WORLD_IMAGE_SIZE
+    from vlmq_gptqmodel.synth.world.render import BACKGROUND_GREY, render_scene
+    from vlmq_gptqmodel.synth.world.scene import FAINT_CONTRAST
+
+    size = WORLD_IMAGE_SIZE["faint"]
+    faint = make_samples("eval", 40, world="faint", image_size=size)
+    contrasts = [item.contrast for s in faint for item in s.scene.items_in_reading_order()]
+    assert all(FAINT_CONTRAST[0] <= c <= FAINT_CONTRAST[1] for c in contrasts)
+    assert min(contrasts) < 0.4 and max(contrasts) > 0.8
+    earlier = make_samples("eval", 10, world="faint", image_size=size, stage=3)
+    assert all(item.contrast == 1.0 for s in earlier for item in s.scene.items_in_reading_order())
+    deep = make_samples("eval", 10, world="deep", image_size=size)
+    assert all(item.contrast == 1.0 for s in deep for item in s.scene.items_in_reading_order())
+    small = make_samples("eval", 20, world="synthvlm-faint", image_size=WORLD_IMAGE_SIZE["synthvlm-faint"])
+    assert small[0].image.size == (224, 224)
+    assert min(item.contrast for s in small for item in s.scene.items_in_reading_order()) < 0.5
+    # the pixels: the same scene drawn fainter sits closer to the background grey at its items' tiles
+    scene = faint[0].scene
+    sharp = with_fields(scene, objects=tuple(with_fields(o, contrast=1.0) for o in scene.objects),
+                        text=scene.text and with_fields(scene.text, contrast=1.0))
+    dim = with_fields(scene, objects=tuple(with_fields(o, contrast=0.2) for o in scene.objects),
+                      text=scene.text and with_fields(scene.text, contrast=0.2))
+    n_tiles = size // TOKEN_PIXELS
+    distance = {}
+    for name, drawn_scene in (("sharp", sharp), ("dim", dim)):
+        pixels = np.asarray(render_scene(drawn_scene, np.random.default_rng(0), size)).astype(float)
+        labels = tile_labels(drawn_scene, size)
+        held = [i for i in range(n_tiles * n_tiles) if labels[i].any()]
+        tiles = [pixels[(i // n_tiles) * TOKEN_PIXELS:(i // n_tiles + 1) * TOKEN_PIXELS,
+                        (i % n_tiles) * TOKEN_PIXELS:(i % n_tiles + 1) * TOKEN_PIXELS] for i in held]
+        distance[name] = np.mean([np.abs(t - BACKGROUND_GREY).max(axis=-1).max() for t in tiles])
+    assert distance["dim"] < 0.45 * distance["sharp"]

@@ -29,6 +29,7 @@ SIZE_FRACTION = {"small": (0.46, 0.54), "big": (0.80, 0.88)}
 JITTER_PIXELS = 1
 COLOUR_JITTER = 12
 FONT_SIZE = 22  # glyphs about 13 x 15 px, one per 28 px tile
+BACKGROUND_GREY = 217  # the middle of the background's base brightness (_background)
 
 
 # Lighting: brightness falls by DARKENING from top to bottom; red rises and blue falls by TINT left to right;
@@ -55,6 +56,11 @@ def _jittered(rgb: tuple[int, int, int], rng: np.random.Generator) -> tuple[int,
     return tuple(int(np.clip(c + rng.integers(-COLOUR_JITTER, COLOUR_JITTER + 1), 0, 255)) for c in rgb)
 
 
+def faded(rgb: tuple[int, ...], contrast: float) -> tuple[int, ...]:
+    """rgb blended towards the background's mean grey: contrast 1 keeps it, 0 would hide it."""
+    return tuple(int(round(BACKGROUND_GREY + contrast * (c - BACKGROUND_GREY))) for c in rgb)
+
+
 def anchor_tile(index: int, cell: float) -> int:
     """Index of the token tile containing grid cell `index`'s centre (along one axis)."""
     return int((index + 0.5) * cell // TOKEN_PIXELS)
@@ -78,7 +84,7 @@ def text_tiles(text: SceneText, cell: float, n_tiles: int) -> list[tuple[int, in
 def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, rng: np.random.Generator, cell: float) -> None:
     side = TOKEN_PIXELS * rng.uniform(*SIZE_FRACTION[obj.size])
     x, y = _centred_box(rng, anchor_tile(obj.row, cell), anchor_tile(obj.col, cell), side, side)
-    fill = _jittered(RGB[obj.colour], rng)
+    fill = faded(_jittered(RGB[obj.colour], rng), obj.contrast)
     box = (x, y, x + side, y + side)
     if obj.shape == "circle":
         draw.ellipse(box, fill=fill)
@@ -97,11 +103,11 @@ def _draw_object(draw: ImageDraw.ImageDraw, obj: SceneObject, rng: np.random.Gen
 def _draw_text(draw: ImageDraw.ImageDraw, text: SceneText, rng: np.random.Generator, cell: float,
                n_tiles: int) -> None:
     font = ImageFont.load_default(size=FONT_SIZE)
-    shade = int(rng.integers(10, 60))
+    shade = faded((int(rng.integers(10, 60)),) * 3, text.contrast)
     for glyph, (tile_row, tile_col) in zip(text.glyphs, text_tiles(text, cell, n_tiles)):
         left, top, right, bottom = font.getbbox(glyph)
         x, y = _centred_box(rng, tile_row, tile_col, right - left, bottom - top)
-        draw.text((x - left, y - top), glyph, fill=(shade, shade, shade), font=font)
+        draw.text((x - left, y - top), glyph, fill=shade, font=font)
 
 
 def render_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> Image.Image:

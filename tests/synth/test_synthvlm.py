@@ -6,7 +6,7 @@ sensitive yardstick: 4-bit GPTQ keeps its accuracy close to FP while 2-bit round
 import json
 import os
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
 
@@ -152,6 +152,22 @@ def test_fp_accuracy_is_high_and_depends_on_the_image(shipped, fp, samples, fp_r
     blank = [Sample(Image.new("RGB", size, (220, 220, 220)), s.caption, s.qa, s.scene) for s in samples]
     blind = evaluation.evaluate(*fp, blank)
     assert blind.accuracy < fp_result.accuracy - 0.3, blind.table()
+
+
+def test_answer_margins_are_positive_exactly_where_the_answer_is_right(fp, samples, fp_result):
+    questions = evaluation.questions_of(samples)
+    margins = evaluation.answer_margins(fp_result.answer_logprobs, questions, fp[1].tokenizer)
+    assert len(margins) == len(questions)
+    assert [m > 0 for m in margins] == fp_result.correct
+    # scored against another question's answer of the same length, a right answer's outputs get a negative margin
+    pairs = [(i, j) for i, a in enumerate(questions) for j, b in enumerate(questions)
+             if fp_result.correct[i] and a.qa.answer != b.qa.answer
+             and len(a.qa.answer.split()) == len(b.qa.answer.split())][:20]
+    assert pairs
+    swapped = [evaluation.Question(questions[i].image, replace(questions[i].qa, answer=questions[j].qa.answer))
+               for i, j in pairs]
+    wrong = evaluation.answer_margins([fp_result.answer_logprobs[i] for i, _ in pairs], swapped, fp[1].tokenizer)
+    assert all(m < 0 for m in wrong)
 
 
 def test_teacher_forced_exact_match_agrees_with_greedy_generation(fp, samples, fp_result):

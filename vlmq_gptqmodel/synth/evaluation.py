@@ -156,6 +156,20 @@ def position_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) ->
     return F.kl_div(cand, ref, log_target=True, reduction="none").sum(-1)
 
 
+def answer_margins(answer_logprobs: list[torch.Tensor], questions: list[Question], tokenizer) -> list[float]:
+    """Per question, teacher-forced (an EvalResult's answer_logprobs on those questions): the smallest, over its
+    answer tokens and the end token, of log p(gold) minus the largest other log p. Positive exactly where the
+    answer is right; near 0 where a small change flips it."""
+    margins = []
+    for question, logprobs in zip(questions, answer_logprobs, strict=True):
+        gold = torch.tensor(tokenizer(f"{question.qa.answer} {IM_END}", add_special_tokens=False)["input_ids"])
+        rows = torch.arange(len(gold))
+        others = logprobs.clone()
+        others[rows, gold] = -math.inf
+        margins.append((logprobs[rows, gold] - others.max(-1).values).min().item())
+    return margins
+
+
 def mean_kl(reference: list[torch.Tensor], candidate: list[torch.Tensor]) -> float:
     """Mean over all answer positions of KL(reference || candidate), both given as log-probabilities."""
     return float(position_kl(reference, candidate).mean())

@@ -9,6 +9,7 @@
 #   install    the project, editable, without dependencies (the GPU image brings torch and Triton; log to the
 #              terminal only: a device run returns at most 8 files); wheels
 #              in .whl/ (e.g. gptqmodel's, carried to a machine without registries) go to /tmp/site first
+#              (.whl/ is git-ignored: name it in the device run's carry)
 #   latency    linear_latency.py: Table-11 shapes, M in {1,16,32,64,256,1024}, W2/W3/W4, every peer that
 #              imports but Marlin (its JIT build alone took over 2 minutes on an H200), and the GEMV's launch
 #              configurations at M <= 16 (--decode-sweep); written after every shape
@@ -28,7 +29,7 @@
 #
 # --train runs env and install, then instead of the steps above (at most about 9 minutes):
 #   train      tools/train_synthvlm.py --preset TRAIN_PRESET (default faint) --device cuda, batches prepared by 12
-#              worker processes, at most TRAIN_MINUTES (default 6) of training in all (resumable: runs/gpu-train/),
+#              worker processes, at most TRAIN_MINUTES (default 5) of training in all (resumable: runs/gpu-train/),
 #              exported in fp16
 #                                            -> train_log.jsonl, <preset>-model.tar (the export as one file: a
 #                                               device run returns at most 8)
@@ -114,8 +115,9 @@ install_project() {
     "$PY" -c "import vlmq_gptqmodel.kernels as k; print('vlmq_gptqmodel.kernels from', k.__file__)"
 }
 
-# The twin rerun: the decode tests and the dispatch at group 128 (every algorithm, bit width, dtype, act order).
-TWIN_TESTS=(tests/kernels/test_kernel_decode.py tests/kernels/test_kernel_matmul.py -k "decode or (dispatch and 128)")
+# The twin rerun: the decode tests, the dispatch and the fused tile at group 128 (every bit width, dtype, act order).
+TWIN_TESTS=(tests/kernels/test_kernel_decode.py tests/kernels/test_kernel_matmul.py
+            -k "decode or (dispatch and 128) or (fused_tile and 128)")
 [ -d /tmp/site ] || [ -d .whl ] && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 WORKERS=()  # compiling hundreds of kernel variants is the slow part: spread it where pytest-xdist is there
 "$PY" -c "import xdist" 2>/dev/null && WORKERS=(-n 14)
@@ -127,11 +129,14 @@ else
 fi
 if [ $TRAIN = 1 ]; then
     PRESET=${TRAIN_PRESET:-faint}
+    MINUTES=${TRAIN_MINUTES:-5}
+    case $MINUTES in ''|*[!0-9]*) echo "gpu_check.sh: TRAIN_MINUTES=$MINUTES must be a whole number of minutes" >&2
+                                  exit 2 ;; esac
     # In the work tree's ignored runs/: a second call on the still-warm machine resumes from its checkpoint
     # (give it a larger TRAIN_MINUTES: the budget counts the run's whole training time)
     RUN=runs/gpu-train/$PRESET
-    run_or_check train - $(( ${TRAIN_MINUTES:-6} * 60 + 90 )) -- tools/train_synthvlm.py --preset "$PRESET" --device cuda \
-        --data-workers 12 --threads 4 --max-minutes "${TRAIN_MINUTES:-6}" --out "$RUN" --export "$RUN-model"
+    run_or_check train - $(( MINUTES * 60 + 90 )) -- tools/train_synthvlm.py --preset "$PRESET" --device cuda \
+        --data-workers 12 --threads 4 --max-minutes "$MINUTES" --out "$RUN" --export "$RUN-model"
     if [ $DRY_RUN = 0 ]; then
         cp "$RUN/log.jsonl" "$OUT/train_log.jsonl"
         [ -d "$RUN-model" ] && tar -cf "$OUT/$PRESET-model.tar" -C "$(dirname "$RUN")" "$PRESET-model"

@@ -65,9 +65,9 @@ class StaticReport:
 
 
 def decode_launch(m: int, bits: int, arch: int) -> "dispatch.DecodeConfig":
-    """The GEMV launch the dispatch makes for a q/k/v-sized layer (K 4096, N 4608) on a 132-SM GPU."""
-    return dispatch.decode_config(m, bits, out_features=4608, n_blocks=4096 // layout.BLOCK_ROWS[bits], sm_count=132,
-                                  arch=arch)
+    """The GEMV launch the dispatch makes for Qwen2-VL-7B's q/k/v (K 3584, N 4608) on a 132-SM GPU."""
+    return dispatch.decode_config(m, bits, out_features=4608, n_blocks=triton.cdiv(3584, layout.BLOCK_ROWS[bits]),
+                                  sm_count=132, arch=arch)
 
 
 def variants(bits: int, group_size: int = 128, act_order: bool = False, asm: bool = False, arch: int = 90) -> list:

@@ -1,14 +1,14 @@
 """The one place that picks an algorithm and its launch configuration from the number of rows M.
 
-    M <= 16                      gemv_splitk     weights streamed once, split-K when N alone cannot fill the GPU
+    M <= 16                      gemv_splitk     weights streamed once, K split over programs (decode_config)
     16 < M <= fused_gemm_max_m() gemm_tiled      fused dequant + tensor-core GEMM (off by default: see below)
     M > fused_gemm_max_m()       dequant_matmul  dequantize once into the activation dtype, then torch.matmul
 
 Every choice here was timed on an H200 (benchmarks/results/gpu/, the only GPU measured so far; run 2 swept
 the GEMV's launches):
 - dequantize + cuBLAS beat the fused tile at M = 32, 64, 256 and 1024 for every Table-11 shape at 2, 3 and
-  4 bits but gate/up at one M each (W2 and W3 at M = 32, W4 at 64: 1-22 % faster fused; down W2 M=32: 303 µs fused, 89 µs
-  dequantize + cuBLAS), so by default nothing takes the fused tile. VLMQ_FUSED_GEMM_MAX_M (or
+  4 bits but gate/up at one M each (W2 and W3 at M = 32, W4 at 64: 1-22 % faster fused; down W2 M=32:
+  303 µs fused, 89 µs dequantize + cuBLAS), so by default nothing takes the fused tile. VLMQ_FUSED_GEMM_MAX_M (or
   `set_fused_gemm_max_m`) sets another crossover for a GPU where it wins.
 - Weights whose groups split a block into 16-row sub-tiles (group size 16, and 80 at 3 bits) go to
   dequantize + cuBLAS at every M: compiled for the H200, the 16-row tensor-core dot gave wrong outputs in
@@ -24,7 +24,7 @@ import triton
 
 from .dequant import dequantize_transposed
 from .gemm_tiled import gemm_tiled
-from .gemv_splitk import gemv_splitk
+from .gemv_splitk import effective_splits, gemv_splitk
 from .layout import KernelWeights
 
 DECODE_MAX_M = 16
@@ -105,26 +105,28 @@ def streaming_multiprocessors(device: torch.device) -> int:
 
 def decode_config(m: int, bits: int, out_features: int, n_blocks: int, sm_count: int,
                   arch: Optional[int] = None) -> DecodeConfig:
-    """The GEMV launch for M rows on `arch` (compute_capability), as the H200 sweep (linear_latency.py
-    --decode-sweep) timed fastest."""
+    """The GEMV launch for M rows on `arch` (compute_capability), chosen from the H200 sweep (linear_latency.py
+    --decode-sweep): the fastest swept launch at M = 16, within 12 % of it at M = 1. split_k is the number of
+    splits that run (gemv_splitk.effective_splits)."""
     split_k = triton.cdiv(COLUMNS_IN_FLIGHT_PER_SM * sm_count, out_features)
     if arch is not None and arch < 90:
         # Not timed before Hopper: the launch used before the H200 sweep (128 columns, one stage), which
         # compile_check finds spill-free with 128-bit weight loads on sm_80 (64 columns spill at 16 rows)
-        return DecodeConfig(128, max(1, min(n_blocks, split_k)), num_warps=4, num_stages=1)
+        return DecodeConfig(128, effective_splits(n_blocks, split_k), num_warps=4, num_stages=1)
     if m <= 8:
         # One stage, so a program has one block's loads in flight: at least MIN_DECODE_SPLITS splits even where
-        # the columns alone fill the SMs (gate/up: 1.05-1.33x faster than one split). 4-bit words hold fewer
-        # weights: 128 columns per program were faster there (q/k/v 18.3 vs 21.9 µs), 64 at 2 and 3 bits (down
-        # W2 31.5 vs 39.3). Within 12 % of the fastest swept launch for every shape and width at M = 1.
+        # the columns alone fill the SMs (gate/up: 1.05-1.33x faster than one split). 64 columns at 2 and 3 bits
+        # (down W2 31.5 vs 39.3 µs at 128), 128 at 4 bits, where 4-bit words hold fewer weights (q/k/v 18.3 vs
+        # 21.9, down 44.5 vs 58.5; but o and gate/up were 10 % and 4 % faster at 64). Against the launch before
+        # the sweep: up to 1.4x faster (gate/up W3/W4, down W2/W3), 1-10 % slower on q/k/v W3/W4 and gate/up W2.
         block_n = 128 if bits == 4 else 64
-        return DecodeConfig(block_n, max(1, min(n_blocks, max(split_k, MIN_DECODE_SPLITS))), num_warps=4,
+        return DecodeConfig(block_n, effective_splits(n_blocks, max(split_k, MIN_DECODE_SPLITS)), num_warps=4,
                             num_stages=1)
     # 16 padded rows: three stages overlap the next block's loads with this one's MMAs (at M = 16, 1.4-3.2x faster
     # than the one-stage 128-column launch dispatched before, every shape and width, although the staged copies
     # of the words are 32-bit: compile_check), which needs a few blocks per split: split only a long K (down: 10
     # splits timed fastest of 1, 10 and 37).
-    return DecodeConfig(64, max(1, min(n_blocks // 4, split_k)), num_warps=4, num_stages=3)
+    return DecodeConfig(64, effective_splits(n_blocks, min(n_blocks // 4, split_k)), num_warps=4, num_stages=3)
 
 
 def compute_capability(device: torch.device) -> Optional[int]:

@@ -62,6 +62,12 @@ def _gemv_splitk_kernel(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=out_mask)
 
 
+def effective_splits(n_blocks: int, split_k: int) -> int:
+    """The number of K splits that run: every split takes the same whole number of blocks, so asking for 9 of 37
+    blocks gives 8 splits of 5 (the last one shorter)."""
+    return triton.cdiv(n_blocks, triton.cdiv(n_blocks, max(1, min(split_k, n_blocks))))
+
+
 def block_m_for(m: int) -> int:
     """Activation rows per program, padded to the MMA's N: 8, or 16 for M > 8 (compile_check compiles both)."""
     if not 1 <= m <= 16:
@@ -75,8 +81,8 @@ def gemv_splitk(x: torch.Tensor, weights: KernelWeights, bias=None, *, block_n: 
     m, k = x.shape
     n = weights.out_features
     n_blocks = weights.n_blocks
-    blocks_per_split = triton.cdiv(n_blocks, max(1, min(split_k, n_blocks)))
-    split_k = triton.cdiv(n_blocks, blocks_per_split)
+    split_k = effective_splits(n_blocks, split_k)
+    blocks_per_split = triton.cdiv(n_blocks, split_k)
     atomic = split_k > 1
     out = torch.zeros((m, n), device=x.device, dtype=torch.float32) if atomic else \
         torch.empty((m, n), device=x.device, dtype=x.dtype)

@@ -592,7 +592,7 @@ def _start_worker(args) -> None:
 
 
 def _prepare_in_worker(stage: int, step: int) -> tuple:
-    # a plain tuple: the worker's copy of this script is __mp_main__, whose classes the trainer cannot unpickle
+    # a plain tuple: the worker runs this script as __mp_main__, so its classes would pickle under that name
     return tuple(prepare_step(*_worker_context, stage, step))
 
 
@@ -715,57 +715,60 @@ def main(argv=None) -> int:
     feeder = StepFeeder(args, processor, args.data_workers, ahead=2 * args.data_workers)
     model.train()
     running = {}
-    while state["final_start"] is None or state["step"] - state["final_start"] < args.final_steps:
-        if state["elapsed"] / 60 > args.max_minutes:
-            emit({"step": state["step"], "stopped": "time budget reached"})
-            break
-        for group in optimizer.param_groups + probe_optimizer.param_groups:
-            group["lr"] = learning_rate(state["step"], args, state["final_start"])
-        prepared = feeder.get(state["stage"], state["step"])
-        batch = {name: value.to(device) for name, value in prepared.batch.items()}
-        auxiliary = {}
-        labels = prepared.labels.to(device)
-        if args.tile_loss > 0:
-            every_tile = torch.arange(n_tiles ** 2, device=device).repeat(prepared.n_images)
-            auxiliary["tile_loss"] = (args.tile_loss,
-                                      lambda: probes["tiles"].loss(vision_tokens.tokens, labels, every_tile))
-        if head_attention is not None:
-            targets = tuple(t.to(device) for t in prepared.targets)
-            weights = (args.bind_loss, args.bind_loss, args.copy_loss)
-            for name, layer, weight, hop_targets in zip(("gather_loss", "read_loss", "copy_loss"), hops, weights, targets):
-                auxiliary[name] = (weight, lambda layer=layer, hop_targets=hop_targets:
-                                   binding_loss(head_attention.weights[layer], hop_targets))
-            read = targets[1]
-            if read_output is not None and len(read):
-                tiles = read_tiles(batch["input_ids"], read, QWEN_VL.image_token_id(model.config))
-                auxiliary["read_probe_loss"] = (args.read_loss, lambda: probes["read"].loss(
-                    read_output.hidden[read[:, 0], read[:, 1]], labels[read[:, 0] * n_tiles ** 2 + tiles], tiles))
-            copy = targets[2]
-            if copy_output is not None and len(copy):
-                answers = batch["input_ids"][copy[:, 0], copy[:, 2]]  # the listed name is the answer
-                auxiliary["copy_readout_loss"] = (args.copy_readout, lambda: copy_readout_loss(
-                    model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
-        if spread_inputs is not None:
-            sampled = spread_tokens(prepared.batch["attention_mask"], SPREAD_TOKENS,
-                                    torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
-            auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
-                list(spread_inputs.hidden.values()), sampled))
-        loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
-        for name, value in {"loss": loss, **extra}.items():
-            running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
-        state["step"] += 1
-        clock.record(state)
-        if state["step"] % 50 == 0:
-            losses = " ".join(f"{name} {value:.4f}" for name, value in running.items())
-            print(f"step {state['step']} stage {state['stage']} {losses} "
-                  f"wall {state['elapsed'] / 60:.1f} min cpu {state['cpu'] / 60:.1f} min", flush=True)
-        if state["step"] % args.eval_every == 0:
-            report = validate(model, processor, args, state["stage"])
-            emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
-                  "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
-            next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
-            save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
-    feeder.close()
+    try:
+        while state["final_start"] is None or state["step"] - state["final_start"] < args.final_steps:
+            if state["elapsed"] / 60 > args.max_minutes:
+                emit({"step": state["step"], "stopped": "time budget reached"})
+                break
+            for group in optimizer.param_groups + probe_optimizer.param_groups:
+                group["lr"] = learning_rate(state["step"], args, state["final_start"])
+            prepared = feeder.get(state["stage"], state["step"])
+            batch = {name: value.to(device) for name, value in prepared.batch.items()}
+            auxiliary = {}
+            labels = prepared.labels.to(device)
+            if args.tile_loss > 0:
+                every_tile = torch.arange(n_tiles ** 2, device=device).repeat(prepared.n_images)
+                auxiliary["tile_loss"] = (args.tile_loss,
+                                          lambda: probes["tiles"].loss(vision_tokens.tokens, labels, every_tile))
+            if head_attention is not None:
+                targets = tuple(t.to(device) for t in prepared.targets)
+                weights = (args.bind_loss, args.bind_loss, args.copy_loss)
+                names = ("gather_loss", "read_loss", "copy_loss")
+                for name, layer, weight, hop_targets in zip(names, hops, weights, targets):
+                    auxiliary[name] = (weight, lambda layer=layer, hop_targets=hop_targets:
+                                       binding_loss(head_attention.weights[layer], hop_targets))
+                read = targets[1]
+                if read_output is not None and len(read):
+                    tiles = read_tiles(batch["input_ids"], read, QWEN_VL.image_token_id(model.config))
+                    auxiliary["read_probe_loss"] = (args.read_loss, lambda: probes["read"].loss(
+                        read_output.hidden[read[:, 0], read[:, 1]], labels[read[:, 0] * n_tiles ** 2 + tiles], tiles))
+                copy = targets[2]
+                if copy_output is not None and len(copy):
+                    answers = batch["input_ids"][copy[:, 0], copy[:, 2]]  # the listed name is the answer
+                    auxiliary["copy_readout_loss"] = (args.copy_readout, lambda: copy_readout_loss(
+                        model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
+            if spread_inputs is not None:
+                sampled = spread_tokens(prepared.batch["attention_mask"], SPREAD_TOKENS,
+                                        torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
+                auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
+                    list(spread_inputs.hidden.values()), sampled))
+            loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
+            for name, value in {"loss": loss, **extra}.items():
+                running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
+            state["step"] += 1
+            clock.record(state)
+            if state["step"] % 50 == 0:
+                losses = " ".join(f"{name} {value:.4f}" for name, value in running.items())
+                print(f"step {state['step']} stage {state['stage']} {losses} "
+                      f"wall {state['elapsed'] / 60:.1f} min cpu {state['cpu'] / 60:.1f} min", flush=True)
+            if state["step"] % args.eval_every == 0:
+                report = validate(model, processor, args, state["stage"])
+                emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
+                      "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
+                next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
+                save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
+    finally:
+        feeder.close()
     timing = clock.record(state)
     save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
     emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"])})

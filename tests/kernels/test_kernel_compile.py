@@ -17,7 +17,7 @@ picked = [("gemv_splitk M=1-8", 3, 90, False, True), ("gemv_splitk M=1-8", 3, 90
           ("gemv_splitk M=1-8", 3, 80, True, True), ("gemv_splitk M=9-16", 2, 80, True, False),
           ("gemm_tiled M=17-32", 3, 80, True, False), ("gemm_tiled M=65+", 4, 90, False, True),
           ("gemm_tiled M=33-64", 2, 80, False, False), ("gemm_tiled M=65+", 3, 80, False, True),
-          ("dequant (fallback)", 2, 90, True, True)]
+          ("dequant (fallback)", 2, 90, True, True), ("gemv_splitk M=9-16", 3, 90, True, True)]
 reports = [dict(compile_check.compile_variant(v, arch).__dict__, act_order=act_order, asm=asm)
            for name, bits, arch, act_order, asm in picked
            for v in compile_check.variants(bits, act_order=act_order, asm=asm, arch=arch) if v.name == name]
@@ -40,9 +40,12 @@ def reports():
 
 @pytest.mark.slow
 def test_all_kernels_compile_with_wide_loads_and_no_spills(reports):
-    assert len(reports) == 10
+    assert len(reports) == 11
     for report in reports:
-        assert report["wide_weight_loads"], report  # packed words are read 128 bits at a time
+        # Packed words are read 128 bits at a time, except by sm_90's three-stage GEMV at 9-16 rows, whose staged
+        # copies of the words are 32-bit (the H200 timed it 1.4-3.2x faster all the same; dispatch.py)
+        staged = report["variant"] == "gemv_splitk M=9-16" and report["arch"] == 90
+        assert report["wide_weight_loads"] != staged, report
         # The decode GEMV and the dequant kernel never spill. The tiled GEMM may spill a few words: sm_80's
         # 64 x 128 tile spills 0-16 B with Triton 3.8 and 24-52 B with Triton 3.6 (the GPU image's; the H200 run
         # failed the old zero bound there), act-order's perm gather alike; kilobytes, as before the sm_80 tile,

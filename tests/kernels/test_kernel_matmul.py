@@ -46,6 +46,17 @@ def violations(out, unpacked, x, bias, ulps=1):
     return ((out.cpu().double() - expected).abs() > tolerance).sum().item()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=["fp16", "bf16"])
+@pytest.mark.parametrize("desc_act", [False, True], ids=["in_order", "act_order"])
+@pytest.mark.parametrize("group_size", [32, 64, 128, -1])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_fused_tile_matches_reference(bits, group_size, desc_act, dtype):
+    """The tiled GEMM, off by default (dispatch.py) but what VLMQ_FUSED_GEMM_MAX_M brings back: its 32-row tile
+    at a ragged M = 17."""
+    unpacked, weights, x, bias = make_case(bits, group_size, desc_act, 17, dtype, seed=bits * 100 + 17)
+    assert violations(dispatch.quantized_matmul(x, weights, bias, algorithm="gemm_tiled"), unpacked, x, bias) == 0
+
+
 def path_violations(out, unpacked, x, bias, algorithm):
     """violations() at the algorithm's rounding: dequantize + cuBLAS has F.linear's (test_dequant_matmul_fallback)."""
     if algorithm == "dequant_matmul":
@@ -199,10 +210,10 @@ def test_choose_algorithm_by_m(monkeypatch):
     # (block_n, split_k, num_stages) the H200 sweep timed fastest (or within 12 %) on Qwen2-VL-7B's shapes
     (2, 4608, 7, 1, (64, 7, 1)),     # q/k/v: 72 column tiles, every K block its own split
     (4, 4608, 7, 1, (128, 7, 1)),    # 4 bits: 128 columns
-    (3, 37888, 6, 1, (64, 4, 1)),    # gate/up: the columns fill the SMs, still four splits at one stage
+    (3, 37888, 6, 1, (64, 3, 1)),    # gate/up: the columns fill the SMs, still split (4 asked: 3 of 2 blocks run)
     (2, 3584, 37, 1, (64, 10, 1)),   # down: splits to ~256 columns in flight per SM
     (2, 37888, 7, 16, (64, 1, 3)),   # 16 rows: three stages, no split over a short K
-    (3, 3584, 30, 16, (64, 7, 3)),   # ... a long K split, each split at least four blocks
+    (3, 3584, 30, 16, (64, 6, 3)),   # ... a long K split, each split at least four blocks (7 asked: 6 of 5)
     (2, 128, 1, 1, (64, 1, 1)),      # one block: nothing to split
 ])
 def test_decode_config_follows_the_measured_launches(bits, out_features, n_blocks, m, expected):
@@ -212,10 +223,25 @@ def test_decode_config_follows_the_measured_launches(bits, out_features, n_block
     for rows in range(1, 17):  # the same launch within each padded-row bucket (block_m_for)
         same = dispatch.decode_config(rows, bits, out_features, n_blocks, 132)
         assert (same == config) == ((rows <= 8) == (m <= 8))
-    # Not timed before Hopper: 128 columns, one stage, the columns-in-flight split, at every M
-    ampere = dispatch.decode_config(m, bits, out_features, n_blocks, 108, arch=80)
-    assert (ampere.block_n, ampere.num_stages) == (128, 1)
-    assert ampere.split_k == max(1, min(n_blocks, -(-256 * 108 // out_features)))
+
+
+@pytest.mark.parametrize("out_features,n_blocks,m,split_k", [
+    (4608, 7, 1, 4),    # 6 asked (256 columns x 108 SMs / 4608), 4 of 2 blocks run
+    (3584, 37, 16, 8),  # 8 asked, 8 of 5 blocks
+    (37888, 7, 1, 1),   # the columns alone fill the SMs
+])
+def test_before_hopper_the_gemv_keeps_its_earlier_launch(out_features, n_blocks, m, split_k):
+    """Not timed before sm_90: 128 columns, one stage, split by columns in flight only, at every M."""
+    config = dispatch.decode_config(m, 2, out_features, n_blocks, 108, arch=80)
+    assert (config.block_n, config.split_k, config.num_stages) == (128, split_k, 1)
+
+
+def test_split_counts_are_the_ones_that_run():
+    """gemv_splitk gives every split the same whole number of blocks: the dispatch reports what runs."""
+    from vlmq_gptqmodel.kernels.gemv_splitk import effective_splits
+
+    assert [effective_splits(37, s) for s in (1, 8, 9, 10, 37, 50)] == [1, 8, 8, 10, 37, 37]
+    assert [effective_splits(6, s) for s in (0, 3, 4, 6)] == [1, 3, 3, 6]
 
 
 def test_unknown_algorithm_is_refused():

@@ -163,6 +163,9 @@ def answer_margins(answer_logprobs: list[torch.Tensor], questions: list[Question
     margins = []
     for question, logprobs in zip(questions, answer_logprobs, strict=True):
         gold = torch.tensor(tokenizer(f"{question.qa.answer} {IM_END}", add_special_tokens=False)["input_ids"])
+        if len(gold) != len(logprobs):
+            raise ValueError(f"answer {question.qa.answer!r} has {len(gold) - 1} tokens but was scored over "
+                             f"{len(logprobs) - 1}: pass the log-probabilities evaluated on these questions")
         rows = torch.arange(len(gold))
         others = logprobs.clone()
         others[rows, gold] = -math.inf

@@ -24,6 +24,8 @@
 #              twin of the inline PTX, which the kernels step runs by default) -> kernel_tests_twin.txt
 #   static     SASS instruction counts per weight for sm_90, inline PTX on    -> compile_check.txt
 # --dry-run (CPU, tested in CI): runs nothing heavy; checks each step's imports and command line instead.
+# ONLY_STEPS=latency,kernels (any of the names above) runs env, install and those steps alone: a session whose
+# device time must also cover --train picks what fits.
 #
 #   benchmarks/gpu_check.sh --train [--dry-run] [OUT_DIR]   # issue 15: train the headroom yardstick on the GPU
 #
@@ -61,6 +63,10 @@ FAILED=0
 # and to OUT/LOG unless LOG is "-" (a device run returns at most 8 files)
 step() {
     local name=$1 log=$2 seconds=$3; shift 4
+    if [ -n "${ONLY_STEPS:-}" ] && [[ ",env,install,$ONLY_STEPS," != *",$name,"* ]]; then
+        printf '| %s | skipped (ONLY_STEPS) | 0 |\n' "$name" >> "$STEPS"
+        return 0
+    fi
     local start=$SECONDS status cap=(timeout "$seconds")
     declare -F "$1" >/dev/null && cap=()  # a shell function here: timeout cannot run it
     echo "== $name: $*"

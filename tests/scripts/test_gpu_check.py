@@ -33,6 +33,17 @@ def test_train_dry_run_checks_the_training_steps_only(tmp_path):
     assert "| train | ok |" in steps and "--device cuda" in done.stdout
 
 
+def test_only_steps_runs_the_named_steps_and_records_the_rest_as_skipped(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "ONLY_STEPS": "cost,static"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    status = {line.split("|")[1].strip(): line.split("|")[2].strip()
+              for line in (tmp_path / "steps.md").read_text().splitlines()[4:]}
+    assert status == {"env": "ok", "install": "ok", "latency": "skipped (ONLY_STEPS)", "kernels": "skipped (ONLY_STEPS)",
+                      "cost": "ok", "kernels-twin": "skipped (ONLY_STEPS)", "static": "ok"}
+
+
 def _check(*argv):
     return subprocess.run([sys.executable, str(CHECK), *argv], capture_output=True, text=True, cwd=ROOT)
 

@@ -206,13 +206,15 @@ SWEEP_BLOCK_N = (64, 128)
 SWEEP_STAGES = (1, 3)
 
 
-def decode_sweep(weights, weight, weight_bytes, sm_count) -> list:
+def decode_sweep(weights, weight, weight_bytes, device) -> list:
     """Candidates over block_n x split-K (none, the dispatch's at M <= 8 and at 9-16, 4x the first, every K
     block) x pipeline stages."""
     from vlmq_gptqmodel.kernels import dispatch
     from vlmq_gptqmodel.kernels.gemv_splitk import gemv_splitk
 
-    autos = [dispatch.decode_config(m, weights.bits, weights.out_features, weights.n_blocks, sm_count) for m in (1, 16)]
+    sm_count, arch = dispatch.streaming_multiprocessors(device), dispatch.compute_capability(device)
+    autos = [dispatch.decode_config(m, weights.bits, weights.out_features, weights.n_blocks, sm_count, arch)
+             for m in (1, 16)]
     splits = sorted({1, *(auto.split_k for auto in autos), min(weights.n_blocks, 4 * autos[0].split_k),
                      weights.n_blocks})
     return [Candidate(f"VLMQ W{weights.bits} gemv bn{block_n} sk{split} st{stages}",
@@ -234,7 +236,7 @@ def candidates(bits, k, n, device, fp16_weight, include_marlin, sweep=False) -> 
     vlmq_bytes = vlmq.kernel_weights().nbytes()
     found.append(Candidate(f"VLMQ W{bits} (dispatch)", vlmq, vlmq_bytes, weight))
     if sweep:
-        found.extend(decode_sweep(vlmq.kernel_weights(), weight, vlmq_bytes, dispatch.streaming_multiprocessors(device)))
+        found.extend(decode_sweep(vlmq.kernel_weights(), weight, vlmq_bytes, device))
     for algorithm in ("gemm_tiled", "dequant_matmul"):
         found.append(Candidate(
             f"VLMQ W{bits} {algorithm}",

@@ -311,8 +311,6 @@ def test_deep_world_images_are_mostly_background():
 
 
 def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there():
-    from dataclasses import replace as with_fields
-
     from vlmq_gptqmodel.synth.world import WORLD_IMAGE_SIZE
     from vlmq_gptqmodel.synth.world.render import BACKGROUND_GREY, render_scene
     from vlmq_gptqmodel.synth.world.scene import FAINT_CONTRAST
@@ -331,10 +329,10 @@ def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there(
     assert min(item.contrast for s in small for item in s.scene.items_in_reading_order()) < 0.5
     # the pixels: the same scene drawn fainter sits closer to the background grey at its items' tiles
     scene = faint[0].scene
-    sharp = with_fields(scene, objects=tuple(with_fields(o, contrast=1.0) for o in scene.objects),
-                        text=scene.text and with_fields(scene.text, contrast=1.0))
-    dim = with_fields(scene, objects=tuple(with_fields(o, contrast=0.2) for o in scene.objects),
-                      text=scene.text and with_fields(scene.text, contrast=0.2))
+    sharp = replace(scene, objects=tuple(replace(o, contrast=1.0) for o in scene.objects),
+                    text=scene.text and replace(scene.text, contrast=1.0))
+    dim = replace(scene, objects=tuple(replace(o, contrast=0.2) for o in scene.objects),
+                  text=scene.text and replace(scene.text, contrast=0.2))
     n_tiles = size // TOKEN_PIXELS
     distance = {}
     for name, drawn_scene in (("sharp", sharp), ("dim", dim)):

@@ -64,7 +64,7 @@ from vlmq_gptqmodel.families import QWEN_VL
 from vlmq_gptqmodel.synth import tiny_vlm
 from vlmq_gptqmodel.synth.evaluation import evaluate
 from vlmq_gptqmodel.synth.world import (
-    WORLD_IMAGE_SIZE, WORLD_VOCAB, WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
+    WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
 )
 from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
 from vlmq_gptqmodel.synth.world.scene import SceneText
@@ -81,11 +81,11 @@ SPREAD_TOKENS = 512  # tokens per step whose residual vectors --spread-loss comp
 # five times a caption's text tokens) and the deep world's longer texts and busier scenes.
 PRESETS = {
     "synthvlm": {},
-    "deep": dict(world="deep", image_size=WORLD_IMAGE_SIZE["deep"], layers=8, batch_size=24,
+    "deep": dict(world="deep", image_size=WORLDS["deep"].image_size, layers=8, batch_size=24,
                  max_stage_steps=400, max_minutes=170.0, out="runs/deep"),
     # the deep model's sizes in the names world (many token identities in every prompt; vocab.py), with the
     # copy hop supervised
-    "names": dict(world="names", image_size=WORLD_IMAGE_SIZE["names"], layers=8, batch_size=24,
+    "names": dict(world="names", image_size=WORLDS["names"].image_size, layers=8, batch_size=24,
                   max_stage_steps=400, max_minutes=170.0, copy_loss=1.0, out="runs/names"),
 }
 # the deep recipe in the faint world (items at low contrast in the final stage: answers with small margins)
@@ -105,7 +105,7 @@ def parse_args(argv=None):
     p.add_argument("--export", default=None, help="write the final model (fp16, save_pretrained) here")
     p.add_argument("--export-only", action="store_true", help="export OUT/ckpt.pt to --export without training")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--image-size", type=int, default=WORLD_IMAGE_SIZE["synthvlm"])
+    p.add_argument("--image-size", type=int, default=WORLDS["synthvlm"].image_size)
     p.add_argument("--hidden", type=int, default=SIZES["hidden_size"])
     p.add_argument("--layers", type=int, default=SIZES["num_hidden_layers"])
     p.add_argument("--heads", type=int, default=SIZES["num_attention_heads"])
@@ -147,6 +147,9 @@ def parse_args(argv=None):
                         "shipped vlmq_gptqmodel/synth/assets/synthvlm), instead of a fresh model: its language and "
                         "vision weights (words this world adds to the vocabulary get rows as load_overlapping says); "
                         "training starts at --init-stage (ignored once OUT/ckpt.pt exists)")
+    p.add_argument("--freeze-vision", action="store_true",
+                   help="train the language model only: the vision tower keeps its (--init-from) weights, so what a "
+                        "new task needs beyond today's perception is learned where GPTQModel quantizes")
     p.add_argument("--init-stage", type=int, default=1, help="the curriculum stage an --init-from run starts at")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
@@ -187,13 +190,16 @@ def parse_args(argv=None):
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
+    if args.freeze_vision and not args.init_from:
+        raise SystemExit("--freeze-vision keeps the vision tower as it starts: give --init-from a trained model or "
+                         "checkpoint (a fresh tower would stay random)")
     if not 1 <= args.init_stage <= final_stage(args.world):
         raise SystemExit(f"--init-stage {args.init_stage}: the {args.world} world has stages 1..{final_stage(args.world)}")
     return args
 
 
 def build_fresh_model(args):
-    tokenizer = tiny_vlm.build_tokenizer(WORLD_VOCAB[args.world])
+    tokenizer = tiny_vlm.build_tokenizer(WORLDS[args.world].vocab)
     processor = tiny_vlm.build_processor(tokenizer, ARCH, args.image_size)
     config = tiny_vlm.tiny_config(
         ARCH, len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -264,7 +270,7 @@ class CurriculumStream:
             sample = make_sample("train", index, self.args.seed, image_size=self.args.image_size, stage=s,
                                  world=self.args.world)
             index += 1
-            captions = WORLDS[self.args.world][s - 1].captions and rng.random() < self.args.caption_probability
+            captions = WORLDS[self.args.world].stages[s - 1].captions and rng.random() < self.args.caption_probability
             for conversation, subject in training_rows(sample, rng, captions)[:self.args.batch_size - len(rows.conversations)]:
                 rows.conversations.append(conversation)
                 rows.images.append(sample.image)
@@ -587,7 +593,7 @@ _worker_context = None  # (args, processor) in a --data-workers process
 def _start_worker(args) -> None:
     global _worker_context
     torch.set_num_threads(1)
-    tokenizer = tiny_vlm.build_tokenizer(WORLD_VOCAB[args.world])
+    tokenizer = tiny_vlm.build_tokenizer(WORLDS[args.world].vocab)
     _worker_context = (args, tiny_vlm.build_processor(tokenizer, ARCH, args.image_size))
 
 
@@ -668,6 +674,7 @@ def main(argv=None) -> int:
     copy_output = LayerOutput(model, args.bind_layer + 1) if args.copy_readout > 0 else None
     spread_inputs = SpreadInputs(model, args.spread_at) if args.spread_loss > 0 else None
     name_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(NAMES)), device=device)
+    model.model.visual.requires_grad_(not args.freeze_vision)  # AdamW skips (and does not decay) what has no grad
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "elapsed": 0.0, "cpu": 0.0}

@@ -7,7 +7,7 @@ import pytest
 
 from vlmq_gptqmodel.synth import tiny_vlm
 from vlmq_gptqmodel.synth.world import (
-    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, WORLD_VOCAB, calibration_conversations,
+    CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, WORLDS, calibration_conversations,
     caption_conversation, make_samples, questions,
 )
 from vlmq_gptqmodel.synth.world.render import RGB, TILE_ATTRIBUTES, TOKEN_PIXELS, anchor_tile, text_tiles, tile_labels
@@ -126,7 +126,7 @@ def test_names_world_prompts_list_the_scenes_colours_and_the_name_answer_is_the_
     from vlmq_gptqmodel.synth.world.scene import ABSENT_NAMED_COLOURS, NAMES_STAGES
     from vlmq_gptqmodel.synth.world.vocab import NAMES
     samples = make_samples("eval", 60, world="names", image_size=112)
-    tokenizer = tiny_vlm.build_tokenizer(WORLD_VOCAB["names"])
+    tokenizer = tiny_vlm.build_tokenizer(WORLDS["names"].vocab)
     asked = 0
     for sample in samples:
         scene = sample.scene
@@ -279,9 +279,7 @@ def test_the_default_world_draws_the_samples_it_always_drew():
 
 
 def test_the_deep_world_has_busier_scenes_and_longer_texts_on_its_own_streams():
-    from vlmq_gptqmodel.synth.world import WORLD_IMAGE_SIZE
-
-    size = WORLD_IMAGE_SIZE["deep"]
+    size = WORLDS["deep"].image_size
     deep = make_samples("eval", 120, world="deep", image_size=size)
     assert all(2 <= len(s.scene.objects) <= 4 for s in deep)
     texts = [s.scene.text.glyphs for s in deep if s.scene.text]
@@ -300,10 +298,9 @@ def test_the_deep_world_has_busier_scenes_and_longer_texts_on_its_own_streams():
 
 
 def test_deep_world_images_are_mostly_background():
-    from vlmq_gptqmodel.synth.world import WORLD_IMAGE_SIZE
     from vlmq_gptqmodel.synth.world.render import tile_labels
 
-    size = WORLD_IMAGE_SIZE["deep"]
+    size = WORLDS["deep"].image_size
     for s in make_samples("calib", 10, world="deep", image_size=size):
         labels = tile_labels(s.scene, size)
         assert labels.shape[0] == (size // TOKEN_PIXELS) ** 2 == 196
@@ -311,11 +308,10 @@ def test_deep_world_images_are_mostly_background():
 
 
 def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there():
-    from vlmq_gptqmodel.synth.world import WORLD_IMAGE_SIZE
     from vlmq_gptqmodel.synth.world.render import BACKGROUND_GREY, render_scene
     from vlmq_gptqmodel.synth.world.scene import FAINT_CONTRAST
 
-    size = WORLD_IMAGE_SIZE["faint"]
+    size = WORLDS["faint"].image_size
     faint = make_samples("eval", 40, world="faint", image_size=size)
     contrasts = [item.contrast for s in faint for item in s.scene.items_in_reading_order()]
     assert all(FAINT_CONTRAST[0] <= c <= FAINT_CONTRAST[1] for c in contrasts)
@@ -324,7 +320,7 @@ def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there(
     assert all(item.contrast == 1.0 for s in earlier for item in s.scene.items_in_reading_order())
     deep = make_samples("eval", 10, world="deep", image_size=size)
     assert all(item.contrast == 1.0 for s in deep for item in s.scene.items_in_reading_order())
-    small = make_samples("eval", 20, world="synthvlm-faint", image_size=WORLD_IMAGE_SIZE["synthvlm-faint"])
+    small = make_samples("eval", 20, world="synthvlm-faint", image_size=WORLDS["synthvlm-faint"].image_size)
     assert small[0].image.size == (224, 224)
     assert min(item.contrast for s in small for item in s.scene.items_in_reading_order()) < 0.5
     # the pixels: the same scene drawn fainter sits closer to the background grey at its items' tiles
@@ -343,3 +339,41 @@ def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there(
                         (i % n_tiles) * TOKEN_PIXELS:(i % n_tiles + 1) * TOKEN_PIXELS] for i in held]
         distance[name] = np.mean([np.abs(t - BACKGROUND_GREY).max(axis=-1).max() for t in tiles])
     assert distance["dim"] < 0.45 * distance["sharp"]
+
+
+def test_the_lexicon_is_a_fixed_balanced_table_of_every_two_glyph_word():
+    from collections import Counter
+    from itertools import product
+
+    from vlmq_gptqmodel.synth.world.lexicon import LEXICON, MEANINGS, meaning_of
+
+    assert set(LEXICON) == {a + b for a, b in product("0123456789ABCDEF", repeat=2)}
+    assert set(Counter(LEXICON.values()).values()) == {10, 11} and set(LEXICON.values()) == set(MEANINGS)
+    assert (meaning_of("00"), meaning_of("A7")) == (LEXICON["00"], LEXICON["A7"])
+    # random: a word's first glyph does not fix its colour, nor its second glyph its shape
+    assert len({LEXICON["0" + g].split()[0] for g in "0123456789ABCDEF"}) > 3
+    assert len({LEXICON[g + "0"].split()[1] for g in "0123456789ABCDEF"}) > 2
+    with pytest.raises(ValueError, match="lexicon"):
+        meaning_of("ABC")
+
+
+def test_the_lexicon_world_asks_and_captions_each_texts_stored_meaning():
+    from vlmq_gptqmodel.synth.world.lexicon import LEXICON
+
+    world = "synthvlm-lexicon"
+    final = make_samples("eval", 60, world=world)
+    with_text = [s for s in final if s.scene.text]
+    assert 0.5 < len(with_text) / len(final) < 0.9 and all(len(s.scene.text.glyphs) == 2 for s in with_text)
+    for s in with_text:
+        meaning = LEXICON[s.scene.text.glyphs]
+        assert [qa.answer for qa in s.qa if qa.kind == "meaning"] == [f"{' '.join(s.scene.text.glyphs)} means {meaning}"]
+        assert f"text {' '.join(s.scene.text.glyphs)} means {meaning} " in s.caption
+    assert not any(qa.kind == "meaning" for s in final if not s.scene.text for qa in s.qa)
+    reading = make_samples("train", 20, world=world, stage=3)
+    assert all(s.scene.text for s in reading) and {qa.kind for s in reading for qa in s.qa} == {"position", "text", "meaning"}
+    tokenizer = tiny_vlm.build_tokenizer(WORLDS[world].vocab)
+    for s in final:
+        for text in [s.caption] + [t for qa in s.qa for t in (qa.question, qa.answer)]:
+            assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+    # the other worlds never mention meanings
+    assert not any("means" in s.caption for s in make_samples("eval", 30, world="deep", image_size=392))

@@ -5,16 +5,16 @@ VLM inputs. Everything is generated from seeds with pillow; nothing is downloade
 """
 from vlmq_gptqmodel.synth.world.language import CAPTION_PROMPT, QA, caption, questions
 from vlmq_gptqmodel.synth.world.samples import (
-    DEFAULT_IMAGE_SIZE, WORLD_IMAGE_SIZE, Sample, assistant_turn, calibration_conversations, caption_conversation, make_sample,
+    DEFAULT_IMAGE_SIZE, Sample, assistant_turn, calibration_conversations, caption_conversation, make_sample,
     make_samples, user_turn,
 )
 from vlmq_gptqmodel.synth.world.scene import (
-    DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLD_VOCAB, WORLDS, Scene, Stage, final_stage,
+    DEFAULT_WORLD, FINAL_STAGE, QUESTION_KINDS, STAGES, WORLDS, Scene, Stage, World, final_stage, get_world,
 )
 from vlmq_gptqmodel.synth.world.vocab import VOCAB
 
 __all__ = [
     "CAPTION_PROMPT", "DEFAULT_IMAGE_SIZE", "DEFAULT_WORLD", "FINAL_STAGE", "QA", "QUESTION_KINDS", "STAGES", "Sample", "Scene",
-    "Stage", "VOCAB", "WORLD_VOCAB", "WORLDS", "WORLD_IMAGE_SIZE", "assistant_turn", "calibration_conversations", "caption", "caption_conversation", "final_stage",
+    "Stage", "VOCAB", "WORLDS", "World", "assistant_turn", "calibration_conversations", "caption", "caption_conversation", "final_stage", "get_world",
     "make_sample", "make_samples", "questions", "user_turn",
 ]

@@ -8,13 +8,10 @@ from PIL import Image
 
 from vlmq_gptqmodel.synth.world.language import QA, caption, caption_prompt, questions
 from vlmq_gptqmodel.synth.world.render import render_scene
-from vlmq_gptqmodel.synth.world.scene import DEFAULT_WORLD, WORLDS, Scene, final_stage, get_stage, sample_scene
+from vlmq_gptqmodel.synth.world.scene import (
+    DEFAULT_IMAGE_SIZE, DEFAULT_WORLD, WORLDS, Scene, final_stage, get_stage, sample_scene,
+)
 
-# 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
-DEFAULT_IMAGE_SIZE = 224
-# The deep world's images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
-WORLD_IMAGE_SIZE = {"synthvlm": DEFAULT_IMAGE_SIZE, "deep": 392, "names": 392, "faint": 392,
-                    "synthvlm-faint": DEFAULT_IMAGE_SIZE}
 # Each split draws from its own seed stream, so no split can ever reproduce another's samples.
 SPLIT_STREAMS = {"train": 0, "calib": 1, "eval": 2, "select": 3}  # select: for choosing settings (never eval)
 

@@ -9,7 +9,10 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vlmq_gptqmodel.synth.world.vocab import COLOURS, GLYPHS, GRID_SIZE, NAMES, NAMES_VOCAB, SHAPES, SIZES, VOCAB
+from vlmq_gptqmodel.synth.world.lexicon import LEXICON_GLYPHS
+from vlmq_gptqmodel.synth.world.vocab import (
+    COLOURS, GLYPHS, GRID_SIZE, LEXICON_VOCAB, NAMES, NAMES_VOCAB, SHAPES, SIZES, VOCAB,
+)
 
 # The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
 # questions; a from-scratch model of the shipped size did not learn them on CPU (tools/TRAINING-history.md).
@@ -30,6 +33,7 @@ class Stage:
     glyphs: tuple[int, int] = (2, 3)  # shortest and longest text
     names: bool = False  # prompts start with the scene's colour -> name list (the names world)
     contrast: tuple[float, float] = (1.0, 1.0)  # each item's contrast against the background, drawn uniformly
+    lexicon: bool = False  # every text is a word of the lexicon (lexicon.py), and captions say what it means
 
 
 # Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
@@ -71,16 +75,47 @@ FAINT_STAGES = DEEP_STAGES[:3] + (replace(DEEP_STAGES[3], contrast=FAINT_CONTRAS
 # The same change to the shipped model's world: a quick test of the idea (fine-tuning the shipped model into it
 # takes minutes on the CPU), not a yardstick (4 layers, 64 image tokens).
 SYNTHVLM_FAINT_STAGES = STAGES[:2] + (replace(STAGES[2], contrast=FAINT_CONTRAST),)
+# The lexicon world at the shipped model's sizes (issue 15): texts are two-glyph words of a fixed random table
+# (lexicon.py) and "what does the text mean ?" asks for the stored meaning, a colour and a shape. A reading
+# stage (text in every image; position, text and meaning questions) comes before the shipped final distribution
+# plus meaning questions, with text in 70 % of the images. A quick test of stored facts as the source of
+# headroom: the shipped model fine-tuned into it takes minutes on the CPU.
+LEXICON_TEXT = dict(glyphs=(LEXICON_GLYPHS, LEXICON_GLYPHS), lexicon=True)
+SYNTHVLM_LEXICON_STAGES = STAGES[:2] + (
+    Stage(1, 2, SIZES, 1.0, ("position", "text", "meaning"), False, **LEXICON_TEXT),
+    replace(STAGES[2], text_probability=0.7, kinds=QUESTION_KINDS + ("meaning",), **LEXICON_TEXT),
+)
+# 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
+DEFAULT_IMAGE_SIZE = 224
+# The deep worlds' images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
+DEEP_IMAGE_SIZE = 392
+
+
+@dataclass(frozen=True)
+class World:
+    """Everything a world is: its curriculum (the last stage is its evaluation and calibration distribution),
+    the words its tokenizer knows, and the image size its models are trained at."""
+
+    stages: tuple[Stage, ...]
+    vocab: tuple[str, ...] = VOCAB
+    image_size: int = DEFAULT_IMAGE_SIZE
+
+
 # Append only: a world's position here seeds its sample streams (samples.sample_rng).
-WORLDS = {"synthvlm": STAGES, "deep": DEEP_STAGES, "names": NAMES_STAGES, "faint": FAINT_STAGES,
-          "synthvlm-faint": SYNTHVLM_FAINT_STAGES}
-WORLD_VOCAB = {"synthvlm": VOCAB, "deep": VOCAB, "names": NAMES_VOCAB, "faint": VOCAB, "synthvlm-faint": VOCAB}
+WORLDS = {
+    "synthvlm": World(STAGES),
+    "deep": World(DEEP_STAGES, image_size=DEEP_IMAGE_SIZE),
+    "names": World(NAMES_STAGES, NAMES_VOCAB, DEEP_IMAGE_SIZE),
+    "faint": World(FAINT_STAGES, image_size=DEEP_IMAGE_SIZE),
+    "synthvlm-faint": World(SYNTHVLM_FAINT_STAGES),
+    "synthvlm-lexicon": World(SYNTHVLM_LEXICON_STAGES, LEXICON_VOCAB),
+}
 DEFAULT_WORLD = "synthvlm"
 # Colours the name list adds that no object has, so the list alone does not give the answer away.
 ABSENT_NAMED_COLOURS = 1
 
 
-def world_stages(world: str) -> tuple[Stage, ...]:
+def get_world(world: str) -> World:
     if world not in WORLDS:
         raise ValueError(f"world={world!r} does not exist; use one of {tuple(WORLDS)}")
     return WORLDS[world]
@@ -88,11 +123,11 @@ def world_stages(world: str) -> tuple[Stage, ...]:
 
 def final_stage(world: str = DEFAULT_WORLD) -> int:
     """The number of `world`'s last stage: its evaluation and calibration distribution."""
-    return len(world_stages(world))
+    return len(get_world(world).stages)
 
 
 def get_stage(stage: int | None, world: str = DEFAULT_WORLD) -> Stage:
-    stages = world_stages(world)
+    stages = get_world(world).stages
     if stage is None:
         return stages[-1]
     if not 1 <= stage <= len(stages):
@@ -123,6 +158,7 @@ class Scene:
     objects: tuple[SceneObject, ...]
     text: SceneText | None
     names: tuple[tuple[str, str], ...] = ()  # (colour, name) in the order the prompt lists them
+    lexicon: bool = False  # its text is a lexicon word, whose meaning captions give and questions ask
 
     def name_of(self, colour: str) -> str:
         return dict(self.names)[colour]
@@ -154,7 +190,7 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     if stage.contrast != (1.0, 1.0):  # drawn last, and only here: the other worlds' streams stay as they were
         objects = tuple(replace(o, contrast=float(rng.uniform(*stage.contrast))) for o in objects)
         text = text and replace(text, contrast=float(rng.uniform(*stage.contrast)))
-    return Scene(objects, text, names)
+    return Scene(objects, text, names, stage.lexicon)
 
 
 def _sample_names(rng: np.random.Generator, objects) -> tuple[tuple[str, str], ...]:

@@ -147,9 +147,6 @@ def parse_args(argv=None):
                         "shipped vlmq_gptqmodel/synth/assets/synthvlm), instead of a fresh model: its language and "
                         "vision weights (words this world adds to the vocabulary get rows as load_overlapping says); "
                         "training starts at --init-stage (ignored once OUT/ckpt.pt exists)")
-    p.add_argument("--freeze-vision", action="store_true",
-                   help="train the language model only: the vision tower keeps its (--init-from) weights, so what a "
-                        "new task needs beyond today's perception is learned where GPTQModel quantizes")
     p.add_argument("--init-stage", type=int, default=1, help="the curriculum stage an --init-from run starts at")
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--replay", type=float, default=0.3, help="share of each batch drawn from earlier stages")
@@ -190,9 +187,6 @@ def parse_args(argv=None):
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
-    if args.freeze_vision and not args.init_from:
-        raise SystemExit("--freeze-vision keeps the vision tower as it starts: give --init-from a trained model or "
-                         "checkpoint (a fresh tower would stay random)")
     if not 1 <= args.init_stage <= final_stage(args.world):
         raise SystemExit(f"--init-stage {args.init_stage}: the {args.world} world has stages 1..{final_stage(args.world)}")
     return args
@@ -674,7 +668,6 @@ def main(argv=None) -> int:
     copy_output = LayerOutput(model, args.bind_layer + 1) if args.copy_readout > 0 else None
     spread_inputs = SpreadInputs(model, args.spread_at) if args.spread_loss > 0 else None
     name_ids = torch.tensor(processor.tokenizer.convert_tokens_to_ids(list(NAMES)), device=device)
-    model.model.visual.requires_grad_(not args.freeze_vision)  # AdamW skips (and does not decay) what has no grad
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "elapsed": 0.0, "cpu": 0.0}

@@ -439,23 +439,3 @@ def test_a_run_can_start_from_an_exported_model(tmp_path):
     assert {entry["stage"] for entry in log if "stage" in entry} == {3}
     with pytest.raises(SystemExit, match="no such checkpoint file or exported model"):
         train_synthvlm.parse_args(TINY + ["--out", "unused", "--init-from", str(tmp_path / "first")])
-
-
-def test_a_lexicon_run_with_a_frozen_vision_tower_trains_only_the_language_model(tmp_path):
-    """--freeze-vision: the new task (stored meanings) must be learned where GPTQModel quantizes; the lexicon
-    world adds two words, whose rows load_overlapping appends."""
-    source, out = tmp_path / "source", tmp_path / "lexicon"
-    assert train_synthvlm.main(["--out", str(tmp_path / "first"), "--export", str(source), *TINY]) == 0
-    assert train_synthvlm.main(TINY + ["--out", str(out), "--world", "synthvlm-lexicon", "--init-from", str(source),
-                                       "--init-stage", "3", "--freeze-vision"]) == 0
-    before = train_synthvlm.initial_weights(source, torch.nn.Linear(1, 1), torch.device("cpu"))["model"]
-    after = torch.load(out / "ckpt.pt", weights_only=False)["model"]
-    visual = [k for k in after if ".visual." in k]
-    language = [k for k in after if ".language_model." in k and k.endswith("proj.weight")]
-    assert visual and language
-    assert all(torch.equal(after[k], before[k]) for k in visual)
-    assert not all(torch.equal(after[k], before[k]) for k in language)
-    embedding = next(k for k in after if k.endswith("embed_tokens.weight"))
-    assert after[embedding].shape[0] == before[embedding].shape[0] + 2  # "mean", "means"
-    with pytest.raises(SystemExit, match="--freeze-vision"):
-        train_synthvlm.parse_args(TINY + ["--out", "unused", "--freeze-vision"])

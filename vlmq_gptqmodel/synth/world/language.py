@@ -6,7 +6,6 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from vlmq_gptqmodel.synth.world.lexicon import meaning_of
 from vlmq_gptqmodel.synth.world.scene import Scene, SceneObject, SceneText
 from vlmq_gptqmodel.synth.world.vocab import COLOURS, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS, SHAPES
 
@@ -34,18 +33,13 @@ def spelled(glyphs: str) -> str:
     return " ".join(glyphs)
 
 
-def meaning_entry(glyphs: str) -> str:
-    """A lexicon word and what it means: "4 A means red circle"."""
-    return f"{spelled(glyphs)} means {meaning_of(glyphs)}"
-
-
 def describe_item(item: SceneObject | SceneText, scene: Scene) -> str:
     """Terse, like a tag list, so captions stay much shorter than the image's token count. In the names world an
     object's entry carries the name the prompt's list gives its colour, so captions (the calibration data) use
     the list as the name questions do."""
     where = POSITION_NAMES[item.row][item.col]
     if isinstance(item, SceneText):
-        return f"text {meaning_entry(item.glyphs) if scene.lexicon else spelled(item.glyphs)} {where}"
+        return f"text {spelled(item.glyphs)} {where}"
     name = f" {scene.name_of(item.colour)}" if scene.names else ""
     return f"{item.size} {item.colour} {item.shape}{name} {where}"
 
@@ -138,21 +132,9 @@ def ask_name(scene: Scene, rng: np.random.Generator) -> QA | None:
                              lambda o: f"what is the name of the {o.shape} ?", lambda o: scene.name_of(o.colour))
 
 
-def ask_meaning(scene: Scene, rng: np.random.Generator) -> QA | None:
-    """What the lexicon says the text means, after the text itself: "4 A means red circle". Spelling the word
-    first puts the lookup's key in the answer's own text tokens, as a language model names an entity before
-    recalling a fact about it; asked for the meaning alone, a model that reads the glyphs fine learned none of
-    the 256 entries in 500 steps (tools/TRAINING.md). No subject: the meaning reads both glyphs, so no single
-    image token is the place to look (the training script supervises no attention for it)."""
-    if scene.text is None or not scene.lexicon:
-        return None
-    return QA("meaning", "what does the text mean ?", meaning_entry(scene.text.glyphs))
-
-
 ASKERS = {
     "colour": ask_colour, "shape": ask_shape, "count": ask_count,
     "exists": ask_exists, "position": ask_position, "text": ask_text, "name": ask_name,
-    "meaning": ask_meaning,
 }
 
 

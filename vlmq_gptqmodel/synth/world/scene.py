@@ -9,10 +9,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from vlmq_gptqmodel.synth.world.lexicon import LEXICON_GLYPHS
-from vlmq_gptqmodel.synth.world.vocab import (
-    COLOURS, GLYPHS, GRID_SIZE, LEXICON_VOCAB, NAMES, NAMES_VOCAB, SHAPES, SIZES, VOCAB,
-)
+from vlmq_gptqmodel.synth.world.vocab import COLOURS, GLYPHS, GRID_SIZE, NAMES, NAMES_VOCAB, SHAPES, SIZES, VOCAB
 
 # The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
 # questions; a from-scratch model of the shipped size did not learn them on CPU (tools/TRAINING-history.md).
@@ -33,7 +30,6 @@ class Stage:
     glyphs: tuple[int, int] = (2, 3)  # shortest and longest text
     names: bool = False  # prompts start with the scene's colour -> name list (the names world)
     contrast: tuple[float, float] = (1.0, 1.0)  # each item's contrast against the background, drawn uniformly
-    lexicon: bool = False  # every text is a word of the lexicon (lexicon.py), and captions say what it means
 
 
 # Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
@@ -75,16 +71,6 @@ FAINT_STAGES = DEEP_STAGES[:3] + (replace(DEEP_STAGES[3], contrast=FAINT_CONTRAS
 # The same change to the shipped model's world: a quick test of the idea (fine-tuning the shipped model into it
 # takes minutes on the CPU), not a yardstick (4 layers, 64 image tokens).
 SYNTHVLM_FAINT_STAGES = STAGES[:2] + (replace(STAGES[2], contrast=FAINT_CONTRAST),)
-# The lexicon world at the shipped model's sizes (issue 15): texts are two-glyph words of a fixed random table
-# (lexicon.py) and "what does the text mean ?" asks for the stored meaning, a colour and a shape. A reading
-# stage (text in every image; position, text and meaning questions) comes before the shipped final distribution
-# plus meaning questions, with text in 70 % of the images. A quick test of stored facts as the source of
-# headroom: the shipped model fine-tuned into it takes minutes on the CPU.
-LEXICON_TEXT = dict(glyphs=(LEXICON_GLYPHS, LEXICON_GLYPHS), lexicon=True)
-SYNTHVLM_LEXICON_STAGES = STAGES[:2] + (
-    Stage(1, 2, SIZES, 1.0, ("position", "text", "meaning"), False, **LEXICON_TEXT),
-    replace(STAGES[2], text_probability=0.7, kinds=QUESTION_KINDS + ("meaning",), **LEXICON_TEXT),
-)
 # 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
 DEFAULT_IMAGE_SIZE = 224
 # The deep worlds' images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
@@ -108,7 +94,6 @@ WORLDS = {
     "names": World(NAMES_STAGES, NAMES_VOCAB, DEEP_IMAGE_SIZE),
     "faint": World(FAINT_STAGES, image_size=DEEP_IMAGE_SIZE),
     "synthvlm-faint": World(SYNTHVLM_FAINT_STAGES),
-    "synthvlm-lexicon": World(SYNTHVLM_LEXICON_STAGES, LEXICON_VOCAB),
 }
 DEFAULT_WORLD = "synthvlm"
 # Colours the name list adds that no object has, so the list alone does not give the answer away.
@@ -158,7 +143,6 @@ class Scene:
     objects: tuple[SceneObject, ...]
     text: SceneText | None
     names: tuple[tuple[str, str], ...] = ()  # (colour, name) in the order the prompt lists them
-    lexicon: bool = False  # its text is a lexicon word, whose meaning captions give and questions ask
 
     def name_of(self, colour: str) -> str:
         return dict(self.names)[colour]
@@ -190,7 +174,7 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     if stage.contrast != (1.0, 1.0):  # drawn last, and only here: the other worlds' streams stay as they were
         objects = tuple(replace(o, contrast=float(rng.uniform(*stage.contrast))) for o in objects)
         text = text and replace(text, contrast=float(rng.uniform(*stage.contrast)))
-    return Scene(objects, text, names, stage.lexicon)
+    return Scene(objects, text, names)
 
 
 def _sample_names(rng: np.random.Generator, objects) -> tuple[tuple[str, str], ...]:

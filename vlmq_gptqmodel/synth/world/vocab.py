@@ -44,8 +44,3 @@ NAME_COUNT = 256
 NAMES = tuple(f"n{i:03d}" for i in range(NAME_COUNT))
 NAMING_WORDS = ("name", "of")
 NAMES_VOCAB = VOCAB + NAMING_WORDS + NAMES
-
-# The lexicon world's extra words: "what does the text mean ?" and, in captions, "text 4 A means red circle ...".
-# Appended after VOCAB for the same reason as the names (a lexicon run may start from a default-world model).
-MEANING_WORDS = ("mean", "means")
-LEXICON_VOCAB = VOCAB + MEANING_WORDS

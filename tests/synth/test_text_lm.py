@@ -1,0 +1,63 @@
+"""The text-LM reference (issue 15): a fixed, disjoint held-out split of the stdlib source; sequential rounding
+that puts every weight on its grid, with GPTQ beating RTN on the objective it solves."""
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+from vlmq_gptqmodel.rtn import rtn_quantize_weight
+from vlmq_gptqmodel.synth import text_lm
+from vlmq_gptqmodel.synth.headroom import layer_error
+
+
+def test_the_held_out_files_are_a_fixed_small_share_of_the_stdlib():
+    files = text_lm.stdlib_files()
+    assert len(files) > 300 and files == sorted(files)
+    assert not any({"test", "tests", "site-packages"} & set(p.parts) for p in files)
+    held = [p for p in files if text_lm.is_held_out(p)]
+    assert 0.02 < len(held) / len(files) < 0.1
+    assert held == [p for p in text_lm.stdlib_files() if text_lm.is_held_out(p)]
+
+
+def test_bpe_streams_separate_texts_and_windows_come_from_the_stream():
+    tokenizer = text_lm.train_bpe(["def f(x):\n    return x\n"] * 20 + ["class A:\n    pass\n"] * 20, 300)
+    ids = text_lm.encode(tokenizer, ["def f(x):", "class A:"])
+    eos = tokenizer.token_to_id(text_lm.EOS)
+    assert (ids == eos).sum() == 2 and ids[-1] == eos
+    assert tokenizer.decode(ids[: int((ids == eos).nonzero()[0])].tolist()) == "def f(x):"
+    batch = text_lm.windows(ids, 3, 4, seed=0)
+    assert batch.shape == (3, 4) and torch.equal(batch, text_lm.windows(ids, 3, 4, seed=0))
+    with pytest.raises(ValueError, match="no window"):
+        text_lm.windows(ids, 1, len(ids), seed=0)
+
+
+def tiny_model():
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=16)
+    return Qwen2ForCausalLM(config).eval()
+
+
+def test_sequential_rtn_puts_every_weight_on_its_groups_grid():
+    model = tiny_model()
+    calibration = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(1))
+    assert text_lm.quantize_sequentially(model, model.model.layers, calibration, "rtn", 2, group_size=16) == []
+    for layer in model.model.layers:
+        for linear in text_lm.layer_linears(layer).values():
+            groups = linear.weight.reshape(linear.weight.shape[0], -1, 16)
+            assert max(len(torch.unique(g)) for row in groups for g in row) <= 4
+    with pytest.raises(ValueError, match="method"):
+        text_lm.quantize_sequentially(model, model.model.layers, calibration, "awq", 2)
+
+
+def test_sequential_gptq_beats_rtn_on_the_inputs_it_solves_for():
+    model = tiny_model()
+    calibration = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(2))
+    first = text_lm.layer_linears(model.model.layers[0])
+    original = {name: linear.weight.detach().double().clone() for name, linear in first.items()}
+    moments = text_lm.input_moments(model, model.model.layers[0], calibration)
+    rows = text_lm.quantize_sequentially(model, model.model.layers, calibration, "gptq", 3, group_size=16)
+    assert [r["linear"] for r in rows[:7]] == [f"0.{n}" for n in ("q", "k", "v", "o", "gate", "up", "down")]
+    assert len(rows) == 14 and all(0 < r["participation"] <= 1 and 0 < r["top_share"] <= 1 for r in rows)
+    gptq = sum(layer_error(original[n], first[n].weight.double(), moments[n]) for n in first)
+    rtn = sum(layer_error(original[n], rtn_quantize_weight(original[n], 3, 16), moments[n]) for n in first)
+    assert gptq < 0.8 * rtn

@@ -36,20 +36,35 @@
 #                                            -> train_log.jsonl, <preset>-model.tar (the export as one file: a
 #                                               device run returns at most 8)
 #   probe      tools/headroom_probe.py on the export (GPTQ's room at W2/W3)            -> headroom.md
+#
+#   benchmarks/gpu_check.sh --text-lm [--dry-run] [OUT_DIR]  # issue 15: the text-only LM reference, trained longer
+#
+# --text-lm runs env and install, then:
+#   text-lm    tools/text_lm_probe.py --device cuda: TEXT_LM_LAYERS (default 8) x 256 on the stdlib's source for
+#              TEXT_LM_STEPS (default 4000) steps or TRAIN_MINUTES (default 5), then held-out perplexity under
+#              RTN / GPTQ and the input spectrum (resumable: runs/gpu-text-lm/)     -> text-lm.md/json
 set -uo pipefail
 
 DRY_RUN=0
 TRAIN=0
+TEXT_LM=0
 OUT=benchmarks/results/gpu
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY_RUN=1 ;;
         --train) TRAIN=1 ;;
-        -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+        --text-lm) TEXT_LM=1 ;;
+        -h|--help) sed -n '2,46p' "$0"; exit 0 ;;
         -*) echo "gpu_check.sh: unknown option $arg (see --help)" >&2; exit 2 ;;
         *) OUT=$arg ;;
     esac
 done
+if [ $TRAIN = 1 ] && [ $TEXT_LM = 1 ]; then
+    echo "gpu_check.sh: --train and --text-lm are two separate runs; give one of them" >&2; exit 2
+fi
+MINUTES=${TRAIN_MINUTES:-5}
+case $MINUTES in ''|*[!0-9]*) echo "gpu_check.sh: TRAIN_MINUTES=$MINUTES must be a whole number of minutes" >&2
+                              exit 2 ;; esac
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT" || exit 1
 PY=${PYTHON:-python3}
@@ -135,9 +150,6 @@ else
 fi
 if [ $TRAIN = 1 ]; then
     PRESET=${TRAIN_PRESET:-faint}
-    MINUTES=${TRAIN_MINUTES:-5}
-    case $MINUTES in ''|*[!0-9]*) echo "gpu_check.sh: TRAIN_MINUTES=$MINUTES must be a whole number of minutes" >&2
-                                  exit 2 ;; esac
     # In the work tree's ignored runs/: a second call on the still-warm machine resumes from its checkpoint
     # (give it a larger TRAIN_MINUTES: the budget counts the run's whole training time)
     RUN=runs/gpu-train/$PRESET
@@ -148,6 +160,15 @@ if [ $TRAIN = 1 ]; then
         [ -d "$RUN-model" ] && tar -cf "$OUT/$PRESET-model.tar" -C "$(dirname "$RUN")" "$PRESET-model"
     fi
     run_or_check probe - 120 -- tools/headroom_probe.py --model "$RUN-model" --out "$OUT/headroom.md"
+    echo
+    cat "$STEPS"
+    exit $FAILED
+fi
+if [ $TEXT_LM = 1 ]; then
+    # the BPE tokenizer and token ids take about a minute of CPU first; GPTQ's column loop a little after
+    run_or_check text-lm - $(( MINUTES * 60 + 240 )) -- tools/text_lm_probe.py --device cuda --threads 4 \
+        --layers "${TEXT_LM_LAYERS:-8}" --steps "${TEXT_LM_STEPS:-4000}" --max-minutes "$MINUTES" \
+        --out runs/gpu-text-lm --report "$OUT/text-lm.md"
     echo
     cat "$STEPS"
     exit $FAILED

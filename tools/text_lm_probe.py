@@ -6,6 +6,7 @@ yardsticks because their templated language fills few directions, where real tex
 
     python tools/text_lm_probe.py --out runs/textlm --report benchmarks/results/headroom/text-lm-4x256.md
     python tools/text_lm_probe.py --layers 8 --out runs/textlm8 --report ...
+    python tools/text_lm_probe.py --device cuda --layers 8 --steps 4000 ...   # a lent GPU: benchmarks/gpu_check.sh --text-lm
 
 Training resumes from OUT/ckpt.pt (the same command); its clock is carried across resumes.
 """
@@ -46,6 +47,7 @@ def parse_args(argv=None):
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}")
     p.add_argument("--max-files", type=int, default=None, help="use only the first N files (tests)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="torch device to train and score on (cpu, cuda, ...)")
     args = p.parse_args(argv)
     unknown = sorted(set(args.settings.split(",")) - set(SETTINGS))
     if unknown:
@@ -88,10 +90,11 @@ def corpus(args, out: Path):
 
 
 def train(args, out: Path, model, train_ids) -> dict:
+    model.to(args.device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, betas=(0.9, 0.98))
     checkpoint, state = out / "ckpt.pt", {"step": 0, "elapsed": 0.0}
     if checkpoint.exists():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=False, map_location=args.device)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
@@ -105,7 +108,7 @@ def train(args, out: Path, model, train_ids) -> dict:
             lr = args.lr * min(1.0, (step + 1) / 50) * (0.05 + 0.475 * (1 + math.cos(math.pi * step / args.steps)))
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = text_lm.windows(train_ids, args.batch_size, args.seq, seed=step)
+            batch = text_lm.windows(train_ids, args.batch_size, args.seq, seed=step).to(args.device)
             loss = model(input_ids=batch, labels=batch).loss
             optimizer.zero_grad()
             loss.backward()
@@ -130,8 +133,8 @@ def evaluate(args, out: Path, train_ids, held_ids, vocab_size: int) -> dict:
 
     def trained():
         model = Qwen2ForCausalLM(config(args, vocab_size))
-        model.load_state_dict(torch.load(out / "ckpt.pt", weights_only=False)["model"])
-        return model.eval()
+        model.load_state_dict(torch.load(out / "ckpt.pt", weights_only=False, map_location="cpu")["model"])
+        return model.to(args.device).eval()
 
     held = text_lm.consecutive_windows(held_ids, args.seq, args.eval_windows)
     calibration = text_lm.windows(train_ids, args.calib, args.seq, seed=12345)  # not a training step's seed
@@ -151,6 +154,12 @@ def evaluate(args, out: Path, train_ids, held_ids, vocab_size: int) -> dict:
     return results
 
 
+def device_name(args) -> str:
+    if args.device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(args.device))
+    return f"the CPU ({args.threads} threads)"
+
+
 def report(args, results: dict, corpus_facts: dict, state: dict) -> str:
     fp = results["FP"]["perplexity"]
     lines = [
@@ -160,7 +169,7 @@ def report(args, results: dict, corpus_facts: dict, state: dict) -> str:
         f"Corpus: {corpus_facts['files']} files, {corpus_facts['train_tokens']:,} training tokens, "
         f"{corpus_facts['held_out_tokens']:,} held-out tokens ({corpus_facts['held_out_files']} files; byte-level "
         f"BPE, {args.vocab} tokens). Trained {state['step']} steps of {args.batch_size} x {args.seq} tokens in "
-        f"{state['elapsed'] / 60:.1f} min. Group size {args.group_size}; GPTQ = the reference GPTQ of "
+        f"{state['elapsed'] / 60:.1f} min on {device_name(args)} (the last call's device, if resumed). Group size {args.group_size}; GPTQ = the reference GPTQ of "
         f"`vlmq_gptqmodel/synth/headroom.py` solved layer by layer on {args.calib} training windows. The last "
         "three columns are medians over the linears: participation ratio over width, the strongest input "
         "direction's share of the energy, GPTQ's layer error over RTN W4's on the same inputs.", "",

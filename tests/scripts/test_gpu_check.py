@@ -33,6 +33,17 @@ def test_train_dry_run_checks_the_training_steps_only(tmp_path):
     assert "| train | ok |" in steps and "--device cuda" in done.stdout
 
 
+def test_text_lm_dry_run_checks_the_text_lm_probe_only(tmp_path):
+    """--text-lm (issue 15's text-only LM reference, trained longer on a lent GPU): env, install, text-lm."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--text-lm", "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    steps = (tmp_path / "steps.md").read_text()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert [line.split("|")[1].strip() for line in steps.splitlines()[4:]] == ["env", "install", "text-lm"]
+    assert "| text-lm | ok |" in steps and "text_lm_probe.py" in done.stdout and "--device cuda" in done.stdout
+
+
 def test_only_steps_runs_the_named_steps_and_records_the_rest_as_skipped(tmp_path):
     env = {**os.environ, "PYTHON": sys.executable, "ONLY_STEPS": "cost,static"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--dry-run", str(tmp_path)],

@@ -72,11 +72,16 @@ def consecutive_windows(ids: torch.Tensor, length: int, limit: int) -> torch.Ten
     return ids[: n * length].reshape(n, length)
 
 
+def _passes(model, batch: torch.Tensor, rows_per_pass: int):
+    """`batch` in slices of `rows_per_pass` rows, each on the model's device."""
+    device = next(model.parameters()).device
+    return (batch[i:i + rows_per_pass].to(device) for i in range(0, len(batch), rows_per_pass))
+
+
 @torch.no_grad()
 def perplexity(model, batch: torch.Tensor, rows_per_pass: int = 16) -> float:
     """exp of the mean next-token loss over the windows (each window's loss weighted equally)."""
-    losses = [model(input_ids=batch[i:i + rows_per_pass], labels=batch[i:i + rows_per_pass]).loss.item()
-              * len(batch[i:i + rows_per_pass]) for i in range(0, len(batch), rows_per_pass)]
+    losses = [model(input_ids=rows, labels=rows).loss.item() * len(rows) for rows in _passes(model, batch, rows_per_pass)]
     return float(torch.tensor(sum(losses) / len(batch)).exp())
 
 
@@ -101,8 +106,8 @@ def input_moments(model, layer, batch: torch.Tensor, rows_per_pass: int = 16) ->
 
     handles = [module.register_forward_hook(keep(name)) for name, module in linears.items()]
     try:
-        for i in range(0, len(batch), rows_per_pass):
-            model(input_ids=batch[i:i + rows_per_pass])
+        for rows in _passes(model, batch, rows_per_pass):
+            model(input_ids=rows)
     finally:
         for handle in handles:
             handle.remove()

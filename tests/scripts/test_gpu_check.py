@@ -22,26 +22,28 @@ def test_dry_run_checks_every_step(tmp_path):
     assert "test_inline_ptx_matches_its_twin_bit_for_bit" in twin_tests and "test_dispatch_matches_reference" in twin_tests
 
 
+def mode_dry_run(tmp_path, mode: str):
+    """gpu_check.sh MODE --dry-run: its output and the names of the steps it ran."""
+    env = {**os.environ, "PYTHON": sys.executable}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), mode, "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    steps = (tmp_path / "steps.md").read_text()
+    return done.stdout, steps, [line.split("|")[1].strip() for line in steps.splitlines()[4:]]
+
+
 def test_train_dry_run_checks_the_training_steps_only(tmp_path):
     """--train (issue 15's yardstick trained on a lent GPU): env, install, train and probe, nothing else."""
-    env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--train", "--dry-run", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    steps = (tmp_path / "steps.md").read_text()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [line.split("|")[1].strip() for line in steps.splitlines()[4:]] == ["env", "install", "train", "probe"]
-    assert "| train | ok |" in steps and "--device cuda" in done.stdout
+    stdout, steps, names = mode_dry_run(tmp_path, "--train")
+    assert names == ["env", "install", "train", "probe"]
+    assert "| train | ok |" in steps and "--device cuda" in stdout
 
 
 def test_text_lm_dry_run_checks_the_text_lm_probe_only(tmp_path):
     """--text-lm (issue 15's text-only LM reference, trained longer on a lent GPU): env, install, text-lm."""
-    env = {**os.environ, "PYTHON": sys.executable}
-    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--text-lm", "--dry-run", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, env=env)
-    steps = (tmp_path / "steps.md").read_text()
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert [line.split("|")[1].strip() for line in steps.splitlines()[4:]] == ["env", "install", "text-lm"]
-    assert "| text-lm | ok |" in steps and "text_lm_probe.py" in done.stdout and "--device cuda" in done.stdout
+    stdout, steps, names = mode_dry_run(tmp_path, "--text-lm")
+    assert names == ["env", "install", "text-lm"]
+    assert "| text-lm | ok |" in steps and "text_lm_probe.py" in stdout and "--device cuda" in stdout
 
 
 def test_only_steps_runs_the_named_steps_and_records_the_rest_as_skipped(tmp_path):

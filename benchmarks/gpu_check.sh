@@ -42,7 +42,8 @@
 # --text-lm runs env and install, then:
 #   text-lm    tools/text_lm_probe.py --device cuda: TEXT_LM_LAYERS (default 8) x 256 on the stdlib's source for
 #              TEXT_LM_STEPS (default 4000) steps or TRAIN_MINUTES (default 5), then held-out perplexity under
-#              RTN / GPTQ and the input spectrum (resumable: runs/gpu-text-lm/)     -> text-lm.md/json
+#              RTN / GPTQ and the input spectrum (resumable: runs/gpu-text-lm/; a second call on the warm machine
+#              needs a larger TRAIN_MINUTES, which counts the run's whole training time) -> text-lm.md/json
 set -uo pipefail
 
 DRY_RUN=0

@@ -38,12 +38,13 @@ def parse_args(argv=None):
     p.add_argument("--vocab", type=int, default=2048, help="byte-level BPE vocabulary size")
     p.add_argument("--seq", type=int, default=256, help="tokens per training and evaluation window")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--steps", type=int, default=600, help="training steps (cosine decay over them)")
+    p.add_argument("--steps", type=int, default=600,
+                   help="training steps (cosine decay over them; resuming with another value reshapes the rest)")
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--max-minutes", type=float, default=60.0, help="stop training (and save) after this wall time")
     p.add_argument("--group-size", type=int, default=128)
     p.add_argument("--calib", type=int, default=128, help="calibration windows from the training text")
-    p.add_argument("--eval-windows", type=int, default=96, help="held-out windows scored")
+    p.add_argument("--eval-windows", type=int, default=96, help="held-out windows scored, spread evenly over the held-out text")
     p.add_argument("--settings", default=",".join(SETTINGS), help=f"comma-separated subset of {','.join(SETTINGS)}")
     p.add_argument("--max-files", type=int, default=None, help="use only the first N files (tests)")
     p.add_argument("--threads", type=int, default=2)
@@ -74,7 +75,12 @@ def corpus(args, out: Path):
     if not held_texts:  # a short file list (tests) may hold none out by the hash: hold out its last file
         held_texts = train_texts[-1:]
         train_texts = train_texts[:-1]
-    tokenizer_path, ids_path = out / "tokenizer.json", out / "ids.pt"
+    tokenizer_path, ids_path, made_with = out / "tokenizer.json", out / "ids.pt", out / "corpus.json"
+    wanted = {"vocab": args.vocab, "max_files": args.max_files}
+    if made_with.exists() and json.loads(made_with.read_text()) != wanted:
+        raise SystemExit(f"{out} holds a corpus made with {made_with.read_text().strip()}, not {json.dumps(wanted)}: "
+                         f"use another --out or the same --vocab/--max-files")
+    made_with.write_text(json.dumps(wanted))
     if tokenizer_path.exists():
         tokenizer = Tokenizer.from_file(str(tokenizer_path))
     else:
@@ -136,7 +142,7 @@ def evaluate(args, out: Path, train_ids, held_ids, vocab_size: int) -> dict:
         model.load_state_dict(torch.load(out / "ckpt.pt", weights_only=False, map_location="cpu")["model"])
         return model.to(args.device).eval()
 
-    held = text_lm.consecutive_windows(held_ids, args.seq, args.eval_windows)
+    held = text_lm.spread_windows(held_ids, args.seq, args.eval_windows)
     calibration = text_lm.windows(train_ids, args.calib, args.seq, seed=12345)  # not a training step's seed
     results = {"FP": {"perplexity": text_lm.perplexity(trained(), held)}}
     for setting in args.settings.split(","):
@@ -160,15 +166,16 @@ def device_name(args) -> str:
     return f"the CPU ({args.threads} threads)"
 
 
-def report(args, results: dict, corpus_facts: dict, state: dict) -> str:
+def report(args, argv, results: dict, corpus_facts: dict, state: dict) -> str:
     fp = results["FP"]["perplexity"]
     lines = [
         f"# A text-only LM ({args.layers} layers x {args.hidden}, MLP {2 * args.hidden}) on the Python standard "
         f"library's source: held-out perplexity under rounding", "",
-        "```", "python tools/text_lm_probe.py " + " ".join(sys.argv[1:]), "```", "",
+        "```", "python tools/text_lm_probe.py " + " ".join(argv), "```", "",
         f"Corpus: {corpus_facts['files']} files, {corpus_facts['train_tokens']:,} training tokens, "
         f"{corpus_facts['held_out_tokens']:,} held-out tokens ({corpus_facts['held_out_files']} files; byte-level "
-        f"BPE, {args.vocab} tokens). Trained {state['step']} steps of {args.batch_size} x {args.seq} tokens in "
+        f"BPE, {args.vocab} tokens), of which {args.eval_windows} windows of {args.seq} spread evenly over the "
+        f"held-out stream are scored. Trained {state['step']} steps of {args.batch_size} x {args.seq} tokens in "
         f"{state['elapsed'] / 60:.1f} min on {device_name(args)} (the last call's device, if resumed). Group size {args.group_size}; GPTQ = the reference GPTQ of "
         f"`vlmq_gptqmodel/synth/headroom.py` solved layer by layer on {args.calib} training windows. The last "
         "three columns are medians over the linears: participation ratio over width, the strongest input "
@@ -194,7 +201,7 @@ def main(argv=None) -> int:
 
     state = train(args, out, Qwen2ForCausalLM(config(args, tokenizer.get_vocab_size())), train_ids)
     results = evaluate(args, out, train_ids, held_ids, tokenizer.get_vocab_size())
-    text = report(args, results, facts, state)
+    text = report(args, sys.argv[1:] if argv is None else argv, results, facts, state)
     print(text)
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)

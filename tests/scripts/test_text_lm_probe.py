@@ -23,6 +23,9 @@ def test_probe_trains_resumes_and_reports_every_setting(tmp_path):
     assert "| FP |" in table and "| gptq2 |" in table and "+0.0 %" in table
     assert text_lm_probe.main(argv) == 0  # already trained: resumes at step 3 and trains no more
     assert json.loads(report.with_suffix(".json").read_text())["trained"]["step"] == 3
+    assert " ".join(argv) in table  # the command that made it
+    with pytest.raises(SystemExit, match="corpus made with"):  # another corpus in the same folder
+        text_lm_probe.main(argv[:argv.index("--vocab")] + ["--vocab", "320"] + argv[argv.index("--vocab") + 2:])
     with pytest.raises(SystemExit):
         text_lm_probe.parse_args(["--settings", "gptq5"])
     with pytest.raises(SystemExit):

@@ -6,7 +6,7 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vlmq_gptqmodel.rtn import rtn_quantize_weight
 from vlmq_gptqmodel.synth import text_lm
-from vlmq_gptqmodel.synth.headroom import layer_error
+from vlmq_gptqmodel.synth.headroom import layer_error, participation_ratio
 
 
 def test_the_held_out_files_are_a_fixed_small_share_of_the_stdlib():
@@ -14,6 +14,9 @@ def test_the_held_out_files_are_a_fixed_small_share_of_the_stdlib():
     assert len(files) > 300 and files == sorted(files)
     assert not any({"test", "tests", "site-packages"} & set(p.parts) for p in files)
     held = [p for p in files if text_lm.is_held_out(p)]
+    train_texts, held_texts = text_lm.split_texts(files[:80])
+    assert len(train_texts) + len(held_texts) == 80
+    assert held_texts == [p.read_text(errors="replace") for p in files[:80] if text_lm.is_held_out(p)]
     assert 0.02 < len(held) / len(files) < 0.1
     assert held == [p for p in text_lm.stdlib_files() if text_lm.is_held_out(p)]
 
@@ -28,6 +31,9 @@ def test_bpe_streams_separate_texts_and_windows_come_from_the_stream():
     assert batch.shape == (3, 4) and torch.equal(batch, text_lm.windows(ids, 3, 4, seed=0))
     with pytest.raises(ValueError, match="no window"):
         text_lm.windows(ids, 1, len(ids), seed=0)
+    spread = text_lm.spread_windows(torch.arange(100), 10, 4)  # evenly over the whole stream, not its start
+    assert spread[:, 0].tolist() == [0, 30, 60, 90]
+    assert len(text_lm.spread_windows(torch.arange(100), 10, 50)) == 10  # never more than fit without overlap
 
 
 def tiny_model():
@@ -47,6 +53,30 @@ def test_sequential_rtn_puts_every_weight_on_its_groups_grid():
             assert max(len(torch.unique(g)) for row in groups for g in row) <= 4
     with pytest.raises(ValueError, match="method"):
         text_lm.quantize_sequentially(model, model.model.layers, calibration, "awq", 2)
+
+
+def test_reference_gptq_makes_no_tensor_off_its_inputs_device():
+    """--device cuda: a tensor made on the CPU inside gptq_reference would fail there; meta tensors catch it here."""
+    from vlmq_gptqmodel.synth.headroom import gptq_reference
+
+    meta = torch.device("meta")
+    assert gptq_reference(torch.empty(8, 32, device=meta), torch.empty(32, 32, device=meta), 2, 16).device == meta
+
+
+def test_each_layer_is_solved_on_inputs_through_the_layers_already_rounded():
+    calibration = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(3))
+    first_only = tiny_model()
+    text_lm.quantize_sequentially(first_only, first_only.model.layers[:1], calibration, "gptq", 2, group_size=16)
+    after_first = text_lm.input_moments(first_only, first_only.model.layers[1], calibration)
+    fp = tiny_model()
+    unrounded = text_lm.input_moments(fp, fp.model.layers[1], calibration)
+    model = tiny_model()
+    rows = {r["linear"]: r for r in text_lm.quantize_sequentially(model, model.model.layers, calibration, "gptq", 2,
+                                                                  group_size=16)}
+    for name in ("q", "down"):
+        width = after_first[name].shape[0]
+        assert rows[f"1.{name}"]["participation"] == pytest.approx(participation_ratio(after_first[name]) / width)
+        assert rows[f"1.{name}"]["participation"] != pytest.approx(participation_ratio(unrounded[name]) / width)
 
 
 def test_sequential_gptq_beats_rtn_on_the_inputs_it_solves_for():

@@ -339,4 +339,3 @@ def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there(
                         (i % n_tiles) * TOKEN_PIXELS:(i % n_tiles + 1) * TOKEN_PIXELS] for i in held]
         distance[name] = np.mean([np.abs(t - BACKGROUND_GREY).max(axis=-1).max() for t in tiles])
     assert distance["dim"] < 0.45 * distance["sharp"]
-

@@ -57,7 +57,7 @@ def gptq_reference(weight: torch.Tensor, h: torch.Tensor, bits: int, group_size:
     order = torch.argsort(torch.diag(h), descending=True, stable=True)
     w = weight.double()[:, order].clone()
     hp = h.double()[order][:, order].clone()
-    hp += damp * torch.diag(hp).mean() * torch.eye(in_features, dtype=hp.dtype)
+    hp += damp * torch.diag(hp).mean() * torch.eye(in_features, dtype=hp.dtype, device=hp.device)
     u = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(hp)), upper=True)
     q = torch.empty_like(w)
     for j in range(in_features):

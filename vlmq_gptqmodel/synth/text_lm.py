@@ -66,10 +66,14 @@ def windows(ids: torch.Tensor, n: int, length: int, seed: int) -> torch.Tensor:
     return torch.stack([ids[s:s + length] for s in starts.tolist()])
 
 
-def consecutive_windows(ids: torch.Tensor, length: int, limit: int) -> torch.Tensor:
-    """Up to `limit` non-overlapping windows from the start of `ids` (the held-out evaluation set)."""
+def spread_windows(ids: torch.Tensor, length: int, limit: int) -> torch.Tensor:
+    """Up to `limit` non-overlapping windows spread evenly over all of `ids` (the held-out evaluation set: every
+    held-out file has its share, not only the first ones)."""
     n = min(limit, len(ids) // length)
-    return ids[: n * length].reshape(n, length)
+    if n < 1:
+        raise ValueError(f"a stream of {len(ids)} tokens has no window of {length}: use more text or shorter windows")
+    starts = torch.linspace(0, len(ids) - length, n).long() if n > 1 else torch.zeros(1, dtype=torch.long)
+    return torch.stack([ids[s:s + length] for s in starts.tolist()])
 
 
 def _passes(model, batch: torch.Tensor, rows_per_pass: int):

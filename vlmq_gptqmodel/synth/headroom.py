@@ -16,7 +16,7 @@ GPTQModel's code path: it answers "how much room is there", while the quality be
 """
 from __future__ import annotations
 
-from typing import Dict, Sequence
+from typing import Dict, Iterable, Sequence
 
 import torch
 
@@ -70,10 +70,10 @@ def gptq_reference(weight: torch.Tensor, h: torch.Tensor, bits: int, group_size:
 
 
 @torch.no_grad()
-def input_moments(model, batches: Sequence[dict], keep_token=None) -> Dict[str, torch.Tensor]:
-    """E[x xᵀ] of every decoder linear's input over the tokens of `batches` (unpadded batches of one row):
-    all of them, or those where `keep_token(input_ids)` (a boolean mask over the row's ids) is true."""
-    linears = decoder_linears(model)
+def linear_input_moments(linears: Dict[str, torch.nn.Module], model, batches: Iterable[dict],
+                         keep_token=None) -> Dict[str, torch.Tensor]:
+    """E[x xᵀ] of each of `linears`' inputs while `model(**batch)` runs over `batches` (unpadded): over all
+    tokens, or those where `keep_token(input_ids)` (a boolean mask over the batch's flattened ids) is true."""
     sums = {name: 0.0 for name in linears}
     counts = dict.fromkeys(linears, 0)
     kept = None
@@ -96,8 +96,14 @@ def input_moments(model, batches: Sequence[dict], keep_token=None) -> Dict[str, 
         for handle in handles:
             handle.remove()
     if not all(counts.values()):
-        raise ValueError("no token of the batches was kept: nothing to take the moments of")
+        raise ValueError("no token of the batches reached the linears (or was kept): nothing to take the moments of")
     return {name: sums[name] / counts[name] for name in linears}
+
+
+def input_moments(model, batches: Sequence[dict], keep_token=None) -> Dict[str, torch.Tensor]:
+    """E[x xᵀ] of every decoder linear's input over the tokens of `batches` (unpadded batches of one row):
+    all of them, or those where `keep_token(input_ids)` (a boolean mask over the row's ids) is true."""
+    return linear_input_moments(decoder_linears(model), model, batches, keep_token)
 
 
 def headroom_rows(model, moments: Dict[str, torch.Tensor], bits=(2, 3), group_size: int = 128,

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from ..rtn import rtn_quantize_weight
-from .headroom import gptq_reference, layer_error, participation_ratio, top_direction_share
+from .headroom import gptq_reference, layer_error, linear_input_moments, participation_ratio, top_direction_share
 
 HELD_OUT_EVERY = 20  # about one file in 20 is held out, chosen by a hash of its path
 EOS = "<eos>"
@@ -35,6 +35,14 @@ def stdlib_files() -> List[Path]:
 def is_held_out(path: Path) -> bool:
     root = Path(sysconfig.get_paths()["stdlib"])
     return int(hashlib.sha1(str(path.relative_to(root)).encode()).hexdigest(), 16) % HELD_OUT_EVERY == 0
+
+
+def split_texts(files) -> Tuple[List[str], List[str]]:
+    """(train, held-out) texts of `files`."""
+    train, held = [], []
+    for path in files:
+        (held if is_held_out(path) else train).append(path.read_text(errors="replace"))
+    return train, held
 
 
 def train_bpe(texts, vocab_size: int):
@@ -96,26 +104,10 @@ def layer_linears(layer) -> Dict[str, nn.Linear]:
             "gate": mlp.gate_proj, "up": mlp.up_proj, "down": mlp.down_proj}
 
 
-@torch.no_grad()
 def input_moments(model, layer, batch: torch.Tensor, rows_per_pass: int = 16) -> Dict[str, torch.Tensor]:
     """E[x xᵀ] of each of `layer`'s linears' inputs over every token of `batch`, run through `model` as it is."""
-    linears = layer_linears(layer)
-    sums: Dict[str, torch.Tensor] = {}
-
-    def keep(name):
-        def hook(module, args, output):
-            x = args[0].reshape(-1, args[0].shape[-1]).double()
-            sums[name] = sums.get(name, 0) + x.T @ x
-        return hook
-
-    handles = [module.register_forward_hook(keep(name)) for name, module in linears.items()]
-    try:
-        for rows in _passes(model, batch, rows_per_pass):
-            model(input_ids=rows)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {name: total / batch.numel() for name, total in sums.items()}
+    passes = ({"input_ids": rows} for rows in _passes(model, batch, rows_per_pass))
+    return linear_input_moments(layer_linears(layer), model, passes)
 
 
 @torch.no_grad()
@@ -144,10 +136,3 @@ def quantize_sequentially(model, layers, calibration: torch.Tensor, method: str,
             linear.weight.copy_(quantized.to(linear.weight.dtype))
     return rows
 
-
-def split_texts(files) -> Tuple[List[str], List[str]]:
-    """(train, held-out) texts of `files`."""
-    train, held = [], []
-    for path in files:
-        (held if is_held_out(path) else train).append(path.read_text(errors="replace"))
-    return train, held

@@ -101,7 +101,11 @@ def train(args, out: Path, model, train_ids) -> dict:
     checkpoint, state = out / "ckpt.pt", {"step": 0, "elapsed": 0.0}
     if checkpoint.exists():
         saved = torch.load(checkpoint, weights_only=False, map_location=args.device)
-        model.load_state_dict(saved["model"])
+        try:
+            model.load_state_dict(saved["model"])
+        except RuntimeError:
+            raise SystemExit(f"{checkpoint} was trained with other sizes: use another --out or the same --layers, "
+                             f"--hidden, --heads, --kv-heads") from None
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
     save = lambda: torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(),  # noqa: E731

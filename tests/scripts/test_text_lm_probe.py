@@ -24,6 +24,8 @@ def test_probe_trains_resumes_and_reports_every_setting(tmp_path):
     assert text_lm_probe.main(argv) == 0  # already trained: resumes at step 3 and trains no more
     assert json.loads(report.with_suffix(".json").read_text())["trained"]["step"] == 3
     assert " ".join(argv) in table  # the command that made it
+    with pytest.raises(SystemExit, match="trained with other sizes"):  # another model in the same folder
+        text_lm_probe.main(argv[:argv.index("--layers")] + ["--layers", "2"] + argv[argv.index("--layers") + 2:])
     with pytest.raises(SystemExit, match="corpus made with"):  # another corpus in the same folder
         text_lm_probe.main(argv[:argv.index("--vocab")] + ["--vocab", "320"] + argv[argv.index("--vocab") + 2:])
     with pytest.raises(SystemExit):

@@ -40,6 +40,12 @@ embeddings of ~1), so the inputs of every linear span a few directions: GPTQ the
 where no input looks and cannot lose accuracy (tools/TRAINING.md), and a token's own identity is drowned.
 --spread-at linears applies it to the inputs of the linears themselves instead (what GPTQ's H is made of).
 
+--text-vocab/--text-steps/--text-rows make the language model a language model of real text first: the world's
+templated language alone left every linear's inputs spanning a few directions, where GPTQ hides its rounding error,
+while a text-only LM of the same size trained on the Python standard library's source did not (tools/TRAINING.md).
+The stdlib's most frequent words join the vocabulary, the language model trains on that text alone for
+--text-steps, then every curriculum step adds --text-rows text windows to its image rows.
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -61,7 +67,7 @@ import torch
 import torch.nn.functional as F
 
 from vlmq_gptqmodel.families import QWEN_VL
-from vlmq_gptqmodel.synth import tiny_vlm
+from vlmq_gptqmodel.synth import text_lm, tiny_vlm
 from vlmq_gptqmodel.synth.evaluation import evaluate
 from vlmq_gptqmodel.synth.world import (
     WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
@@ -142,6 +148,17 @@ def parse_args(argv=None):
     p.add_argument("--spread-at", choices=("residual", "linears"), default=None,
                    help="where --spread-loss looks: each decoder layer's input (the default), or each distinct input of its "
                         "linears (the attention and MLP inputs after their norms, o_proj's and down_proj's)")
+    p.add_argument("--text-vocab", type=int, default=0, metavar="N",
+                   help="add the N most frequent words of the Python standard library's source (the text of "
+                        "--text-steps/--text-rows) to the vocabulary")
+    p.add_argument("--text-steps", type=int, default=0,
+                   help="train the language model on that text alone for this many steps before the curriculum")
+    p.add_argument("--text-rows", type=int, default=0,
+                   help="text windows added to every curriculum step (next-word loss): keeps the language model a "
+                        "language model while it learns the world")
+    p.add_argument("--text-pretrain-rows", type=int, default=32, help="text windows per --text-steps step")
+    p.add_argument("--text-length", type=int, default=128, help="words per text window")
+    p.add_argument("--text-loss", type=float, default=1.0, help="weight of the text rows' loss in curriculum steps")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint, or from an exported model folder (e.g. the "
                         "shipped vlmq_gptqmodel/synth/assets/synthvlm), instead of a fresh model: its language and "
@@ -184,6 +201,9 @@ def parse_args(argv=None):
         raise SystemExit(f"--spread-at {args.spread_at} says where --spread-loss looks, but --spread-loss is "
                          f"{args.spread_loss}: give --spread-loss W > 0 too, or drop --spread-at")
     args.spread_at = args.spread_at or "residual"
+    if (args.text_steps > 0 or args.text_rows > 0) and args.text_vocab <= 0:
+        raise SystemExit("--text-steps/--text-rows train on the standard library's source, whose words the world's "
+                         "vocabulary lacks: give --text-vocab N too (e.g. 4000)")
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
@@ -192,8 +212,17 @@ def parse_args(argv=None):
     return args
 
 
+def vocabulary(args) -> list[str]:
+    """The world's words, then (--text-vocab) the text's most frequent ones."""
+    words = list(WORLDS[args.world].vocab)
+    if args.text_vocab > 0:
+        train, _ = text_lm.split_texts(text_lm.stdlib_files())
+        words += text_lm.frequent_words(train, args.text_vocab, tiny_vlm.word_pre_tokenizer())
+    return words
+
+
 def build_fresh_model(args):
-    tokenizer = tiny_vlm.build_tokenizer(WORLDS[args.world].vocab)
+    tokenizer = tiny_vlm.build_tokenizer(vocabulary(args))
     processor = tiny_vlm.build_processor(tokenizer, ARCH, args.image_size)
     config = tiny_vlm.tiny_config(
         ARCH, len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -237,6 +266,40 @@ def assistant_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
             elif tok == assistant and pos > 0 and ids[pos - 1] == im_start:
                 inside = True
     return mask
+
+
+class TextStream:
+    """The standard library's source as word windows for the language model (text_lm's split by file): training
+    windows are a pure function of (seed, step), so resuming is exact; held-out windows are fixed."""
+
+    HELD_OUT_WINDOWS = 32
+
+    def __init__(self, args, tokenizer):
+        self.args = args
+        self.unknown = tokenizer.unk_token_id
+        train, held = text_lm.split_texts(text_lm.stdlib_files())
+        self.train = text_lm.word_stream(tokenizer, train, tiny_vlm.PAD_TOKEN)
+        self.held_out = text_lm.spread_windows(text_lm.word_stream(tokenizer, held, tiny_vlm.PAD_TOKEN),
+                                               args.text_length, self.HELD_OUT_WINDOWS)
+
+    def batch(self, step: int, rows: int) -> torch.Tensor:
+        return text_lm.windows(self.train, rows, self.args.text_length, self.args.seed * 1_000_003 + step)
+
+
+def text_loss(model, windows: torch.Tensor, unknown: int) -> torch.Tensor:
+    """Next-word cross-entropy over text windows (no image); words outside the vocabulary are not targets."""
+    logits = model(input_ids=windows).logits[:, :-1]
+    targets = windows[:, 1:].masked_fill(windows[:, 1:] == unknown, -100)
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+
+
+@torch.no_grad()
+def held_out_text_loss(model, text: TextStream) -> float:
+    was_training = model.training
+    model.eval()
+    loss = text_loss(model, text.held_out.to(next(model.parameters()).device), text.unknown).item()
+    model.train(was_training)
+    return round(loss, 4)
 
 
 class Rows(NamedTuple):
@@ -469,9 +532,11 @@ def blanked(samples, image_size: int, seed: int):
     return out
 
 
-def validate(model, processor, args, stage: int) -> dict:
+def validate(model, processor, args, stage: int, text: TextStream | None = None) -> dict:
+    """Per-kind exact match on the validation images of `stage` and of the final stage, each also with the images
+    blanked; with `text`, the next-word loss on its held-out windows."""
     model.eval()
-    report = {}
+    report = {} if text is None else {"text_held_out_loss": held_out_text_loss(model, text)}
     for s in sorted({stage, final_stage(args.world)}):
         samples = [make_sample("train", i, VALIDATION_SEED, image_size=args.image_size, stage=s, world=args.world)
                    for i in range(args.val_samples)]
@@ -587,7 +652,7 @@ _worker_context = None  # (args, processor) in a --data-workers process
 def _start_worker(args) -> None:
     global _worker_context
     torch.set_num_threads(1)
-    tokenizer = tiny_vlm.build_tokenizer(WORLDS[args.world].vocab)
+    tokenizer = tiny_vlm.build_tokenizer(vocabulary(args))
     _worker_context = (args, tiny_vlm.build_processor(tokenizer, ARCH, args.image_size))
 
 
@@ -626,11 +691,12 @@ class StepFeeder:
 
 def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type: str = "cpu") -> tuple[float, dict[str, float]]:
     """One update. auxiliary maps a name to (weight, loss function); each function is called after the
-    forward pass (it reads what the hooks kept) and its weighted loss is added to the answer loss."""
+    forward pass, in order (it reads what the hooks kept), and its weighted loss is added to the answer loss."""
     auxiliary = auxiliary or {}
     # optional bf16 autocast: fp32 master weights and loss, bf16 matmuls
     with torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16):
-        loss = training_loss(model, batch)
+        # batch None: a text-only step (--text-steps), whose one loss is auxiliary
+        loss = training_loss(model, batch) if batch is not None else torch.zeros((), device=device_type)
         extra = {name: compute() for name, (_, compute) in auxiliary.items()}
     for optimizer in optimizers:
         optimizer.zero_grad(set_to_none=True)
@@ -639,6 +705,20 @@ def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type
     for optimizer in optimizers:
         optimizer.step()
     return loss.item(), {name: value.item() for name, value in extra.items()}
+
+
+def text_pretraining_step(model, optimizer, text: TextStream, args, step: int, device) -> float:
+    """One --text-steps update: text windows alone, no image, no auxiliary loss; returns the text loss."""
+    windows = text.batch(step, args.text_pretrain_rows).to(device)
+    _, extra = train_step(model, (optimizer,), None, args.bf16,
+                          {"text_loss": (1.0, lambda: text_loss(model, windows, text.unknown))}, device.type)
+    return extra["text_loss"]
+
+
+def smooth(running: dict, values: dict) -> None:
+    """Exponential moving averages of the logged losses."""
+    for name, value in values.items():
+        running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
 
 
 def next_stage(state: dict, stage_accuracy: float, args) -> None:
@@ -657,6 +737,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     device = torch.device(args.device)
     model, processor = build_fresh_model(args)
+    text = TextStream(args, processor.tokenizer) if args.text_steps > 0 or args.text_rows > 0 else None
     n_tiles = args.image_size // TOKEN_PIXELS
     probes = torch.nn.ModuleDict({name: TileProbe(model.config.text_config.hidden_size, n_tiles)
                                   for name in ("tiles", "read")})
@@ -722,6 +803,20 @@ def main(argv=None) -> int:
                 break
             for group in optimizer.param_groups + probe_optimizer.param_groups:
                 group["lr"] = learning_rate(state["step"], args, state["final_start"])
+            if state["step"] < args.text_steps:
+                smooth(running, {"text_loss": text_pretraining_step(model, optimizer, text, args, state["step"], device)})
+                state["step"] += 1
+                state["stage_start"] = state["step"]  # the first stage's step budget starts after the text
+                clock.record(state)
+                if state["step"] % 50 == 0:
+                    print(f"step {state['step']} text {running['text_loss']:.4f} wall {state['elapsed'] / 60:.1f} min",
+                          flush=True)
+                if state["step"] % args.eval_every == 0 or state["step"] == args.text_steps:
+                    emit({"step": state["step"], "text_pretraining": True, "text_loss": round(running["text_loss"], 4),
+                          "lr": optimizer.param_groups[0]["lr"], **clock.record(state),
+                          "text_held_out_loss": held_out_text_loss(model, text)})
+                    save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
+                continue
             prepared = feeder.get(state["stage"], state["step"])
             batch = {name: value.to(device) for name, value in prepared.batch.items()}
             auxiliary = {}
@@ -752,9 +847,12 @@ def main(argv=None) -> int:
                                         torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
                 auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
                     list(spread_inputs.hidden.values()), sampled))
+            if text is not None and args.text_rows > 0:
+                # last: its forward pass overwrites what the hooks kept from the image rows
+                windows = text.batch(state["step"], args.text_rows).to(device)
+                auxiliary["text_loss"] = (args.text_loss, lambda: text_loss(model, windows, text.unknown))
             loss, extra = train_step(model, (optimizer, probe_optimizer), batch, args.bf16, auxiliary, device.type)
-            for name, value in {"loss": loss, **extra}.items():
-                running[name] = value if name not in running else 0.95 * running[name] + 0.05 * value
+            smooth(running, {"loss": loss, **extra})
             state["step"] += 1
             clock.record(state)
             if state["step"] % 50 == 0:
@@ -762,7 +860,7 @@ def main(argv=None) -> int:
                 print(f"step {state['step']} stage {state['stage']} {losses} "
                       f"wall {state['elapsed'] / 60:.1f} min cpu {state['cpu'] / 60:.1f} min", flush=True)
             if state["step"] % args.eval_every == 0:
-                report = validate(model, processor, args, state["stage"])
+                report = validate(model, processor, args, state["stage"], text)
                 emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
                       "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
                 next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
@@ -771,7 +869,7 @@ def main(argv=None) -> int:
         feeder.close()
     timing = clock.record(state)
     save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
-    emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"])})
+    emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"], text)})
     if args.export:
         export(model, processor, Path(args.export))
     return 0

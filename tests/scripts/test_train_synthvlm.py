@@ -439,3 +439,40 @@ def test_a_run_can_start_from_an_exported_model(tmp_path):
     assert {entry["stage"] for entry in log if "stage" in entry} == {3}
     with pytest.raises(SystemExit, match="no such checkpoint file or exported model"):
         train_synthvlm.parse_args(TINY + ["--out", "unused", "--init-from", str(tmp_path / "first")])
+
+
+TEXT = ["--text-vocab", "300", "--text-steps", "2", "--text-rows", "2", "--text-length", "16",
+        "--text-pretrain-rows", "4"]
+
+
+def test_a_text_run_learns_the_stdlib_first_keeps_it_in_every_curriculum_step_and_keeps_the_worlds_ids(tmp_path):
+    out, export = tmp_path / "run", tmp_path / "export"
+    assert train_synthvlm.main(["--out", str(out), "--export", str(export), *TINY, *TEXT]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    text_steps = [entry["step"] for entry in log if entry.get("text_pretraining")]
+    curriculum = [entry for entry in log if "stage" in entry]
+    assert text_steps == [1, 2] and curriculum[0]["step"] == 3
+    # the first stage's step budget (1) counts from the end of the text: stage 1 is validated at step 3, not skipped
+    assert curriculum[0]["stage"] == 1 and "stage1" in curriculum[0]
+    assert all(0 < entry["text_loss"] < 15 and 0 < entry["text_held_out_loss"] < 15 for entry in curriculum)
+    plain = train_synthvlm.build_fresh_model(train_synthvlm.parse_args(TINY + ["--out", "unused"]))[1].tokenizer
+    _, processor = evaluation.load_for_eval(export)
+    vocab, plain_vocab = processor.tokenizer.get_vocab(), plain.get_vocab()
+    assert {word: vocab[word] for word in plain_vocab} == plain_vocab  # the world's words keep their ids
+    assert {"self", "def", "return"} <= set(vocab) and len(vocab) > len(plain_vocab) + 200
+
+
+def test_text_loss_scores_every_next_word_but_unknown_ones():
+    unknown = 1
+    windows = torch.tensor([[2, 3, unknown, 4], [4, 4, 3, 2]])
+    logits = torch.randn(2, 4, 6)
+    model = lambda input_ids: type("Out", (), {"logits": logits})()  # noqa: E731
+    kept = [(0, 0, 3), (0, 2, 4), (1, 0, 4), (1, 1, 3), (1, 2, 2)]  # (row, position, next word); (0, 1) is unknown
+    expected = torch.stack([-logits[r, p].log_softmax(-1)[w] for r, p, w in kept]).mean()
+    assert torch.allclose(train_synthvlm.text_loss(model, windows, unknown), expected)
+
+
+def test_text_training_without_the_texts_words_is_refused_before_training(tmp_path):
+    with pytest.raises(SystemExit, match="--text-vocab"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--text-rows", "2"])
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,7 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from vlmq_gptqmodel.rtn import rtn_quantize_weight
-from vlmq_gptqmodel.synth import text_lm
+from vlmq_gptqmodel.synth import text_lm, tiny_vlm
 from vlmq_gptqmodel.synth.headroom import layer_error, participation_ratio
 
 
@@ -34,6 +34,21 @@ def test_bpe_streams_separate_texts_and_windows_come_from_the_stream():
     spread = text_lm.spread_windows(torch.arange(100), 10, 4)  # evenly over the whole stream, not its start
     assert spread[:, 0].tolist() == [0, 30, 60, 90]
     assert len(text_lm.spread_windows(torch.arange(100), 10, 50)) == 10  # never more than fit without overlap
+
+
+def test_frequent_words_are_counted_as_the_tokenizer_splits_and_ordered_stably():
+    texts = ["self.x = self.y", "return self.x", "b a"]
+    words = text_lm.frequent_words(texts, 4, tiny_vlm.word_pre_tokenizer())
+    assert words == [".", "self", "x", "="]  # 3, 3 (a tie: alphabetical), 2, then the first of the 1-count words
+    assert text_lm.frequent_words(texts, 100, tiny_vlm.word_pre_tokenizer())[-3:] == ["b", "return", "y"]
+
+
+def test_a_word_stream_ends_each_text_and_marks_unknown_words():
+    tokenizer = tiny_vlm.build_tokenizer(["self", ".", "x"])
+    ids = text_lm.word_stream(tokenizer, ["self.x", "self.zzz"], tiny_vlm.PAD_TOKEN)
+    self_, dot, x = tokenizer.convert_tokens_to_ids(["self", ".", "x"])
+    end, unknown = tokenizer.convert_tokens_to_ids(tiny_vlm.PAD_TOKEN), tokenizer.unk_token_id
+    assert ids.tolist() == [self_, dot, x, end, self_, dot, unknown, end]
 
 
 def tiny_model():

@@ -5,13 +5,16 @@ The synthetic worlds' language is about seventy words in fixed templates, and th
 trained models' layer inputs spanning a handful of directions, so GPTQ hides nearly all rounding error where
 no input looks (tools/TRAINING.md). A language model trained on real text has to keep many features apart.
 The text here is the running Python's standard library source (about 10 MB; no download, the same files for
-a given Python version), split by file into train and held-out parts. The functions are side-effect free
-except `quantize_sequentially`, which rounds a model's weights in place.
+a given Python version), split by file into train and held-out parts. The same text, split into the synthetic
+VLM tokenizer's words (`frequent_words`, `word_stream`), is what tools/train_synthvlm.py's --text-* options train
+a VLM's language model on. The functions are side-effect free except `quantize_sequentially`, which rounds a
+model's weights in place.
 """
 from __future__ import annotations
 
 import hashlib
 import sysconfig
+from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -63,6 +66,24 @@ def encode(tokenizer, texts) -> torch.Tensor:
     ids: List[int] = []
     for text in texts:
         ids += tokenizer.encode(text).ids + [eos]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def frequent_words(texts, n: int, pre_tokenizer) -> List[str]:
+    """The `n` most frequent words of `texts` as `pre_tokenizer` splits them, most frequent first (ties in
+    alphabetical order, so the list is the same on every run)."""
+    counts = Counter(word for text in texts for word, _ in pre_tokenizer.pre_tokenize_str(text))
+    return [word for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:n]]
+
+
+def word_stream(tokenizer, texts, separator: str) -> torch.Tensor:
+    """One stream of `tokenizer`'s ids (a transformers tokenizer; words outside its vocabulary become its unknown
+    token): each text followed by `separator`."""
+    end = tokenizer.convert_tokens_to_ids(separator)
+    ids: List[int] = []
+    # the backend directly: the transformers call warns about every text longer than model_max_length
+    for encoded in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False):
+        ids += encoded.ids + [end]
     return torch.tensor(ids, dtype=torch.long)
 
 

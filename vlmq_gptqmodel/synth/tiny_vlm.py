@@ -131,6 +131,12 @@ def image_tokens_per_image(arch: str, image_size: int) -> int:
     return (image_size // tile) ** 2
 
 
+def word_pre_tokenizer():
+    """What build_tokenizer's tokenizers call a word: split on whitespace and every punctuation character, so
+    "circle?" and "circle ?" tokenize the same way."""
+    return pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()])
+
+
 def build_tokenizer(words, arch: str = "qwen2_vl") -> PreTrainedTokenizerFast:
     """Word-level tokenizer over `words` plus the arch's special tokens (Qwen-VL's, or LLaVA-OneVision's
     `<image>`/`<video>` with Qwen2's chat tokens), with the arch's chat template."""
@@ -142,10 +148,7 @@ def build_tokenizer(words, arch: str = "qwen2_vl") -> PreTrainedTokenizerFast:
         raise ValueError(f"words must not contain whitespace or special tokens; got {clashing[:5]}")
     vocab = {token: i for i, token in enumerate(special + tuple(words))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
-    # Split on whitespace and punctuation so "circle?" and "circle ?" tokenize the same way.
-    backend.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Punctuation()]
-    )
+    backend.pre_tokenizer = word_pre_tokenizer()
     backend.add_special_tokens(list(special))
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=backend,

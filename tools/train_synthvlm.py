@@ -105,7 +105,8 @@ def parse_args(argv=None):
                         "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world; "
                         "faint: deep's recipe in the faint world)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
-                   help="which synthetic world to learn (its final stage is the evaluation distribution)")
+                   help="which synthetic world to learn (its final stage is the evaluation distribution; "
+                        "world/scene.py says what each is)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda, ...)")
     p.add_argument("--out", default="runs/synthvlm")
     p.add_argument("--export", default=None, help="write the final model (fp16, save_pretrained) here")
@@ -527,7 +528,7 @@ def blanked(samples, image_size: int, seed: int):
     """The same questions over empty backgrounds (same texture statistics, no objects or text)."""
     out = []
     for i, sample in enumerate(samples):
-        image = render_scene(Scene((), None), np.random.default_rng([9, seed, i]), image_size)
+        image = render_scene(Scene((), None, lit=sample.scene.lit), np.random.default_rng([9, seed, i]), image_size)
         out.append(replace(sample, image=image))
     return out
 

@@ -339,3 +339,22 @@ def test_the_faint_world_draws_final_stage_items_at_low_contrast_and_only_there(
                         (i % n_tiles) * TOKEN_PIXELS:(i % n_tiles + 1) * TOKEN_PIXELS] for i in held]
         distance[name] = np.mean([np.abs(t - BACKGROUND_GREY).max(axis=-1).max() for t in tiles])
     assert distance["dim"] < 0.45 * distance["sharp"]
+
+
+def test_the_unlit_world_draws_its_final_stage_on_a_flat_background_and_changes_nothing_else():
+    from vlmq_gptqmodel.synth.world import Scene
+    from vlmq_gptqmodel.synth.world.render import render_scene
+
+    unlit = make_samples("eval", 6, world="synthvlm-unlit")
+    plain = make_samples("eval", 6, world="synthvlm")
+    assert all(not s.scene.lit for s in unlit) and all(s.scene.lit for s in plain)
+    earlier = make_samples("eval", 4, world="synthvlm-unlit", stage=2)
+    assert all(s.scene.lit for s in earlier)
+
+    def cast(scene):  # (red - blue) right minus left, green bottom minus top, on an empty scene's pixels
+        pixels = np.asarray(render_scene(scene, np.random.default_rng(0), 224), dtype=float)
+        red_blue, green = pixels[..., 0] - pixels[..., 2], pixels[..., 1] - pixels[..., 0] / 2 - pixels[..., 2] / 2
+        return red_blue[:, -28:].mean() - red_blue[:, :28].mean(), green[-28:].mean() - green[:28].mean()
+
+    assert min(cast(Scene((), None))) > 20  # the lighting: both casts about 40 grey levels across the image
+    assert max(abs(c) for c in cast(Scene((), None, lit=False))) < 5

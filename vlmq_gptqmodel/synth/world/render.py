@@ -40,10 +40,10 @@ TINT = 48.0
 ROW_TINT = 48.0
 
 
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A light colour, shaded by the fixed lighting, with faint blotches and pixel noise."""
+def _background(rng: np.random.Generator, size: int, lit: bool = True) -> np.ndarray:
+    """A light colour, shaded by the fixed lighting (unless not `lit`), with faint blotches and pixel noise."""
     base = rng.uniform(212, 222) + rng.uniform(-3, 3, size=3)
-    ramp = np.linspace(-0.5, 0.5, size)
+    ramp = np.linspace(-0.5, 0.5, size) * lit
     shading = (-DARKENING * ramp[:, None, None] + ROW_TINT * ramp[:, None, None] * np.array([0.0, 1.0, 0.0])
                + TINT * ramp[None, :, None] * np.array([1.0, 0.0, -1.0]))
     coarse = rng.normal(0, 3, size=(6, 6)).astype(np.float32)
@@ -112,7 +112,7 @@ def _draw_text(draw: ImageDraw.ImageDraw, text: SceneText, rng: np.random.Genera
 
 def render_scene(scene: Scene, rng: np.random.Generator, image_size: int) -> Image.Image:
     cell = image_size / GRID_SIZE
-    pixels = _background(rng, image_size)
+    pixels = _background(rng, image_size, scene.lit)
     image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     for obj in scene.objects:

@@ -30,6 +30,7 @@ class Stage:
     glyphs: tuple[int, int] = (2, 3)  # shortest and longest text
     names: bool = False  # prompts start with the scene's colour -> name list (the names world)
     contrast: tuple[float, float] = (1.0, 1.0)  # each item's contrast against the background, drawn uniformly
+    lit: bool = True  # the background's lighting, which tells position (render.py); False: a flat background
 
 
 # Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
@@ -71,6 +72,10 @@ FAINT_STAGES = DEEP_STAGES[:3] + (replace(DEEP_STAGES[3], contrast=FAINT_CONTRAS
 # The same change to the shipped model's world: a quick test of the idea (fine-tuning the shipped model into it
 # takes minutes on the CPU), not a yardstick (4 layers, 64 image tokens).
 SYNTHVLM_FAINT_STAGES = STAGES[:2] + (replace(STAGES[2], contrast=FAINT_CONTRAST),)
+# The shipped world with a flat background in its final stage: no lighting says where an object is, so position
+# answers must come from where its image token sits (the language model's rotary positions, which q/k rounding
+# perturbs) rather than from its colour cast. A quick fine-tuning test of the idea, like synthvlm-faint.
+SYNTHVLM_UNLIT_STAGES = STAGES[:2] + (replace(STAGES[2], lit=False),)
 # 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
 DEFAULT_IMAGE_SIZE = 224
 # The deep worlds' images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
@@ -94,6 +99,7 @@ WORLDS = {
     "names": World(NAMES_STAGES, NAMES_VOCAB, DEEP_IMAGE_SIZE),
     "faint": World(FAINT_STAGES, image_size=DEEP_IMAGE_SIZE),
     "synthvlm-faint": World(SYNTHVLM_FAINT_STAGES),
+    "synthvlm-unlit": World(SYNTHVLM_UNLIT_STAGES),
 }
 DEFAULT_WORLD = "synthvlm"
 # Colours the name list adds that no object has, so the list alone does not give the answer away.
@@ -143,6 +149,7 @@ class Scene:
     objects: tuple[SceneObject, ...]
     text: SceneText | None
     names: tuple[tuple[str, str], ...] = ()  # (colour, name) in the order the prompt lists them
+    lit: bool = True  # drawn with the lighting that tells position (Stage.lit)
 
     def name_of(self, colour: str) -> str:
         return dict(self.names)[colour]
@@ -174,7 +181,7 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     if stage.contrast != (1.0, 1.0):  # drawn last, and only here: the other worlds' streams stay as they were
         objects = tuple(replace(o, contrast=float(rng.uniform(*stage.contrast))) for o in objects)
         text = text and replace(text, contrast=float(rng.uniform(*stage.contrast)))
-    return Scene(objects, text, names)
+    return Scene(objects, text, names, lit=stage.lit)  # no draw: the other worlds' streams stay as they were
 
 
 def _sample_names(rng: np.random.Generator, objects) -> tuple[tuple[str, str], ...]:

@@ -202,6 +202,12 @@ def parse_args(argv=None):
         raise SystemExit(f"--spread-at {args.spread_at} says where --spread-loss looks, but --spread-loss is "
                          f"{args.spread_loss}: give --spread-loss W > 0 too, or drop --spread-at")
     args.spread_at = args.spread_at or "residual"
+    negative = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("text_vocab", "text_steps", "text_rows")
+                if getattr(args, name) < 0] + [f"--{name.replace('_', '-')} {getattr(args, name)}"
+                                               for name in ("text_pretrain_rows", "text_length") if getattr(args, name) < 1]
+    if negative:
+        raise SystemExit(f"{negative[0]} is out of range: the --text-* counts are whole numbers, 0 (off) or more, and "
+                         f"--text-pretrain-rows/--text-length at least 1")
     if (args.text_steps > 0 or args.text_rows > 0) and args.text_vocab <= 0:
         raise SystemExit("--text-steps/--text-rows train on the standard library's source, whose words the world's "
                          "vocabulary lacks: give --text-vocab N too (e.g. 4000)")
@@ -217,7 +223,7 @@ def vocabulary(args) -> list[str]:
     """The world's words, then (--text-vocab) the text's most frequent ones."""
     words = list(WORLDS[args.world].vocab)
     if args.text_vocab > 0:
-        train, _ = text_lm.split_texts(text_lm.stdlib_files())
+        train, _ = text_lm.stdlib_texts()
         words += text_lm.frequent_words(train, args.text_vocab, tiny_vlm.word_pre_tokenizer())
     return words
 
@@ -278,7 +284,7 @@ class TextStream:
     def __init__(self, args, tokenizer):
         self.args = args
         self.unknown = tokenizer.unk_token_id
-        train, held = text_lm.split_texts(text_lm.stdlib_files())
+        train, held = text_lm.stdlib_texts()
         self.train = text_lm.word_stream(tokenizer, train, tiny_vlm.PAD_TOKEN)
         self.held_out = text_lm.spread_windows(text_lm.word_stream(tokenizer, held, tiny_vlm.PAD_TOKEN),
                                                args.text_length, self.HELD_OUT_WINDOWS)

@@ -476,3 +476,7 @@ def test_text_training_without_the_texts_words_is_refused_before_training(tmp_pa
     with pytest.raises(SystemExit, match="--text-vocab"):
         train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--text-rows", "2"])
     assert not (tmp_path / "run").exists()
+    for bad in (["--text-rows", "-1"], ["--text-vocab", "300", "--text-length", "0"]):
+        with pytest.raises(SystemExit, match=f"{bad[-2]} {bad[-1]} is out of range"):
+            train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, *bad])
+    assert not (tmp_path / "run").exists()

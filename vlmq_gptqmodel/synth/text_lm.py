@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import sysconfig
 from collections import Counter
+from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Tuple
 
@@ -46,6 +47,13 @@ def split_texts(files) -> Tuple[List[str], List[str]]:
     for path in files:
         (held if is_held_out(path) else train).append(path.read_text(errors="replace"))
     return train, held
+
+
+@lru_cache(maxsize=1)
+def stdlib_texts() -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """(train, held-out) texts of every stdlib file, read once per process (the VLM trainer needs them twice)."""
+    train, held = split_texts(stdlib_files())
+    return tuple(train), tuple(held)
 
 
 def train_bpe(texts, vocab_size: int):

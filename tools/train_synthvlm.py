@@ -46,6 +46,10 @@ while a text-only LM of the same size trained on the Python standard library's s
 The stdlib's most frequent words join the vocabulary, the language model trains on that text alone for
 --text-steps, then every curriculum step adds --text-rows text windows to its image rows.
 
+--fact-rows R teaches a facts world's table (vlmq_gptqmodel/synth/world/facts.py) from text alone: every step adds
+R windows of its entries ("9 6 A means w0412 , ...") whose meaning words are targets, as a language model learns
+facts from its pretraining text; the images then ask what their text means.
+
 Every --eval-every steps it logs per-kind teacher-forced exact match on the validation set, and the same
 with every image replaced by an empty background (if the model ignored the image, blanking would not
 change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
@@ -73,7 +77,8 @@ from vlmq_gptqmodel.synth.world import (
     WORLDS, Scene, assistant_turn, final_stage, make_sample, user_turn,
 )
 from vlmq_gptqmodel.synth.world.render import TILE_ATTRIBUTES, TOKEN_PIXELS, item_tiles, render_scene, tile_labels
-from vlmq_gptqmodel.synth.world.scene import SceneText
+from vlmq_gptqmodel.synth.world.facts import FactTable
+from vlmq_gptqmodel.synth.world.scene import SceneText, get_stage
 from vlmq_gptqmodel.synth.world.vocab import NAMES
 
 SIZES = tiny_vlm.SYNTHVLM_SIZES
@@ -96,6 +101,10 @@ PRESETS = {
 }
 # the deep recipe in the faint world (items at low contrast in the final stage: answers with small margins)
 PRESETS["faint"] = dict(PRESETS["deep"], world="faint", out="runs/faint")
+# the deep recipe in the deep-facts world, with a language model of real text that also learns the world's table
+# of facts from text (from its first step): stored knowledge, what 2-bit rounding destroys first (tools/TRAINING.md)
+PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=400, text_rows=8,
+                        fact_rows=16, max_minutes=180.0, out="runs/facts")
 
 
 def parse_args(argv=None):
@@ -103,7 +112,8 @@ def parse_args(argv=None):
     p.add_argument("--preset", choices=tuple(PRESETS), default="synthvlm",
                    help="a named recipe that sets the defaults of the other flags (synthvlm: the shipped model; "
                         "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world; "
-                        "faint: deep's recipe in the faint world)")
+                        "faint: deep's recipe in the faint world; facts: deep's recipe in the deep-facts world, with "
+                        "a language model of real text that learns the world's facts from text)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
                    help="which synthetic world to learn (its final stage is the evaluation distribution; "
                         "world/scene.py says what each is)")
@@ -160,6 +170,8 @@ def parse_args(argv=None):
     p.add_argument("--text-pretrain-rows", type=int, default=32, help="text windows per --text-steps step")
     p.add_argument("--text-length", type=int, default=128, help="words per text window")
     p.add_argument("--text-loss", type=float, default=1.0, help="weight of the text rows' loss in curriculum steps")
+    p.add_argument("--fact-rows", type=int, default=0,
+                   help="windows of the facts world's table (--text-length words each) added to every step")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint, or from an exported model folder (e.g. the "
                         "shipped vlmq_gptqmodel/synth/assets/synthvlm), instead of a fresh model: its language and "
@@ -202,15 +214,20 @@ def parse_args(argv=None):
         raise SystemExit(f"--spread-at {args.spread_at} says where --spread-loss looks, but --spread-loss is "
                          f"{args.spread_loss}: give --spread-loss W > 0 too, or drop --spread-at")
     args.spread_at = args.spread_at or "residual"
-    negative = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("text_vocab", "text_steps", "text_rows")
+    negative = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("text_vocab", "text_steps", "text_rows",
+                                                                               "fact_rows")
                 if getattr(args, name) < 0] + [f"--{name.replace('_', '-')} {getattr(args, name)}"
                                                for name in ("text_pretrain_rows", "text_length") if getattr(args, name) < 1]
     if negative:
-        raise SystemExit(f"{negative[0]} is out of range: the --text-* counts are whole numbers, 0 (off) or more, and "
+        raise SystemExit(f"{negative[0]} is out of range: the --text-* and --fact-rows counts are whole numbers, 0 (off) or more, and "
                          f"--text-pretrain-rows/--text-length at least 1")
     if (args.text_steps > 0 or args.text_rows > 0) and args.text_vocab <= 0:
         raise SystemExit("--text-steps/--text-rows train on the standard library's source, whose words the world's "
                          "vocabulary lacks: give --text-vocab N too (e.g. 4000)")
+    if args.fact_rows > 0 and fact_table(args.world) is None:
+        facts_worlds = [name for name in WORLDS if fact_table(name) is not None]
+        raise SystemExit(f"--fact-rows teaches a facts world's table, and the {args.world} world has none: give "
+                         f"--world {' or '.join(facts_worlds)}, or drop --fact-rows")
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
@@ -293,11 +310,42 @@ class TextStream:
         return text_lm.windows(self.train, rows, self.args.text_length, self.args.seed * 1_000_003 + step)
 
 
+def fact_table(world: str) -> FactTable | None:
+    """The table a world's final stage draws its texts from (None outside the facts worlds)."""
+    return get_stage(None, world).facts
+
+
+class FactStream:
+    """A facts world's table as text windows (--fact-rows): whole entries, "9 6 A means w0412 ,", drawn uniformly,
+    as many as fit in --text-length words; a pure function of (seed, step). Only the meaning words are targets
+    (the texts are drawn at random, "means" always follows them)."""
+
+    def __init__(self, args, tokenizer):
+        table = fact_table(args.world)
+        self.args = args
+        self.entries = torch.tensor([tokenizer.convert_tokens_to_ids(f"{table.statement(key)} ,".split())
+                                     for key in table.keys])
+        self.per_window = max(1, args.text_length // self.entries.shape[1])
+
+    def batch(self, step: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
+        picks = torch.randint(len(self.entries), (rows, self.per_window), generator=generator)
+        windows = self.entries[picks].flatten(1)
+        meaning = self.entries.shape[1] - 2  # the word before the closing comma
+        targets = torch.full_like(windows, -100)
+        targets[:, meaning::self.entries.shape[1]] = windows[:, meaning::self.entries.shape[1]]
+        return windows, targets
+
+
+def next_word_loss(model, windows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of each window's next words (no image) against `targets` (-100: not a target)."""
+    logits = model(input_ids=windows).logits[:, :-1]
+    return F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=-100)
+
+
 def text_loss(model, windows: torch.Tensor, unknown: int) -> torch.Tensor:
     """Next-word cross-entropy over text windows (no image); words outside the vocabulary are not targets."""
-    logits = model(input_ids=windows).logits[:, :-1]
-    targets = windows[:, 1:].masked_fill(windows[:, 1:] == unknown, -100)
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+    return next_word_loss(model, windows, windows.masked_fill(windows == unknown, -100))
 
 
 @torch.no_grad()
@@ -452,6 +500,8 @@ def binding_targets(input_ids: torch.Tensor, labels_mask: torch.Tensor, subjects
         answer_words = labels_mask[row].nonzero()[:-1, 0]  # the closing <|im_end|> reads nothing
         naming = [] if isinstance(subject, SceneText) else tokenizer.convert_tokens_to_ids([subject.colour, subject.shape])
         for k, position in enumerate(answer_words.tolist()):
+            if isinstance(subject, SceneText) and k >= len(tiles):
+                break  # a meaning answer's words after the spelled text are recalled, not read (facts.py)
             query = position - 1
             tile = tiles[k] if isinstance(subject, SceneText) else tiles[0]
             read.append((row, query, int(image_positions[tile]), len(read)))
@@ -560,45 +610,61 @@ EXPORTED_WEIGHTS = "model.safetensors"
 
 
 def initial_weights(path: Path, model, device) -> dict:
-    """A training checkpoint, or {"model": weights} of an exported folder, loaded the way evaluation loads it
-    (transformers maps the saved names onto the model's and fills the tied matrices), in the model's dtype."""
+    """A training checkpoint, or {"model": weights, "words": its vocabulary in id order} of an exported folder,
+    loaded the way evaluation loads it (transformers maps the saved names onto the model's and fills the tied
+    matrices), in the model's dtype."""
     if path.is_file():
         return torch.load(path, weights_only=False, map_location=device)
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
     exported = AutoModelForImageTextToText.from_pretrained(path, dtype=next(model.parameters()).dtype)
-    return {"model": {name: value.to(device) for name, value in exported.state_dict().items()}}
+    vocab = PreTrainedTokenizerFast.from_pretrained(path).get_vocab()
+    return {"model": {name: value.to(device) for name, value in exported.state_dict().items()},
+            "words": sorted(vocab, key=vocab.get)}
 
 
-def load_overlapping(model, saved: dict) -> None:
-    """Load another run's weights; an embedding or output matrix with fewer rows (a smaller vocabulary whose
-    words this world's vocabulary starts with) fills the first rows. The added words' input embeddings are
-    scaled to the loaded rows' mean norm (at the initialiser's scale they would be invisible next to trained
-    words), and their output rows start as those embeddings at the loaded output rows' norm: a word a head
-    copies into the residual stream then already scores itself, where an output row at its random
-    initialisation, updated only when that word is the answer (1 in 256 names), took hundreds of steps to
-    point anywhere (tools/TRAINING.md)."""
+def load_overlapping(model, saved: dict, saved_words: list[str] | None = None, words: list[str] | None = None) -> None:
+    """Load another run's weights. The embedding and output matrices may have other rows: with both vocabularies
+    (an exported folder's), each word's rows go where this vocabulary has the word; without (a training
+    checkpoint), a smaller vocabulary whose words this world's vocabulary starts with fills the first rows.
+    The added words' input embeddings are scaled to the loaded rows' mean norm (at the initialiser's scale they
+    would be invisible next to trained words), and their output rows start as those embeddings at the loaded
+    output rows' norm: a word a head copies into the residual stream then already scores itself, where an
+    output row at its random initialisation, updated only when that word is the answer (1 in 256 names), took
+    hundreds of steps to point anywhere (tools/TRAINING.md)."""
     current = model.state_dict()
     unknown, missing = [k for k in saved if k not in current], [k for k in current if k not in saved]
     if unknown or missing:
         raise SystemExit(f"--init-from: the checkpoint's weights and this model's differ ({(unknown + missing)[:3]}); "
                          f"give a run of the same architecture (--layers, --vision-depth, ...)")
+    embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    word_matrices = {k for k, p in model.named_parameters() if p is embedding or p is output}
+    loaded = torch.zeros(len(embedding), dtype=torch.bool)
+    if saved_words is not None and words is not None:
+        at = {word: i for i, word in enumerate(saved_words)}
+        pairs = [(i, at[word]) for i, word in enumerate(words) if word in at]
+        mine, theirs = (torch.tensor(side, dtype=torch.long) for side in zip(*pairs)) if pairs else (
+            torch.zeros(0, dtype=torch.long),) * 2
     with torch.no_grad():
         for name, value in saved.items():
             target = current[name]
-            if value.shape == target.shape:
+            if name in word_matrices and saved_words is not None and words is not None:
+                target[mine.to(target.device)] = value[theirs.to(value.device)]
+                loaded[mine] = True
+            elif value.shape == target.shape:
                 target.copy_(value)
-            elif value.shape[1:] == target.shape[1:] and value.shape[0] < target.shape[0]:
+                loaded |= name in word_matrices
+            elif name in word_matrices and value.shape[1:] == target.shape[1:] and value.shape[0] < target.shape[0]:
                 target[:value.shape[0]].copy_(value)
+                loaded[:value.shape[0]] = True
             else:
                 raise SystemExit(f"--init-from: {name} is {tuple(value.shape)} there and {tuple(target.shape)} "
                                  f"here; give a run with the same sizes (--hidden, --layers, ...)")
-        embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
-        known = len(saved[next(k for k, p in model.named_parameters() if p is embedding)])
-        if known < len(embedding):
+        added = ~loaded
+        if added.any():
             norm = lambda rows: rows.norm(dim=1).mean()  # noqa: E731
-            embedding[known:] *= norm(embedding[:known]) / norm(embedding[known:])
-            output[known:] = embedding[known:] * (norm(output[:known]) / norm(embedding[known:]))
+            embedding[added] *= norm(embedding[~added]) / norm(embedding[added])
+            output[added] = embedding[added] * (norm(output[~added]) / norm(embedding[added]))
 
 
 def save_checkpoint(path: Path, model, optimizer, probes, probe_optimizer, state: dict) -> None:
@@ -714,12 +780,16 @@ def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type
     return loss.item(), {name: value.item() for name, value in extra.items()}
 
 
-def text_pretraining_step(model, optimizer, text: TextStream, args, step: int, device) -> float:
-    """One --text-steps update: text windows alone, no image, no auxiliary loss; returns the text loss."""
+def text_pretraining_step(model, optimizer, text: TextStream, facts: FactStream | None, args, step: int,
+                          device) -> dict:
+    """One --text-steps update: text windows alone, no image (with --fact-rows, the table's windows too, as a
+    language model meets facts in its pretraining text); returns the losses."""
     windows = text.batch(step, args.text_pretrain_rows).to(device)
-    _, extra = train_step(model, (optimizer,), None, args.bf16,
-                          {"text_loss": (1.0, lambda: text_loss(model, windows, text.unknown))}, device.type)
-    return extra["text_loss"]
+    losses = {"text_loss": (1.0, lambda: text_loss(model, windows, text.unknown))}
+    if facts is not None:
+        fact_windows, fact_targets = (t.to(device) for t in facts.batch(step, args.fact_rows))
+        losses["fact_loss"] = (1.0, lambda: next_word_loss(model, fact_windows, fact_targets))
+    return train_step(model, (optimizer,), None, args.bf16, losses, device.type)[1]
 
 
 def smooth(running: dict, values: dict) -> None:
@@ -745,6 +815,7 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     model, processor = build_fresh_model(args)
     text = TextStream(args, processor.tokenizer) if args.text_steps > 0 or args.text_rows > 0 else None
+    facts = FactStream(args, processor.tokenizer) if args.fact_rows > 0 else None
     n_tiles = args.image_size // TOKEN_PIXELS
     probes = torch.nn.ModuleDict({name: TileProbe(model.config.text_config.hidden_size, n_tiles)
                                   for name in ("tiles", "read")})
@@ -780,7 +851,8 @@ def main(argv=None) -> int:
         if not isinstance(start, dict) or "model" not in start:
             raise SystemExit(f"--init-from {args.init_from} is not a training checkpoint (no 'model' weights); "
                              f"give a run's OUT/ckpt.pt")
-        load_overlapping(model, start["model"])
+        vocab = processor.tokenizer.get_vocab()
+        load_overlapping(model, start["model"], start.get("words"), sorted(vocab, key=vocab.get))
         state["stage"] = args.init_stage
         if args.init_stage == final_stage(args.world):
             state["final_start"] = 0
@@ -811,15 +883,15 @@ def main(argv=None) -> int:
             for group in optimizer.param_groups + probe_optimizer.param_groups:
                 group["lr"] = learning_rate(state["step"], args, state["final_start"])
             if state["step"] < args.text_steps:
-                smooth(running, {"text_loss": text_pretraining_step(model, optimizer, text, args, state["step"], device)})
+                smooth(running, text_pretraining_step(model, optimizer, text, facts, args, state["step"], device))
                 state["step"] += 1
                 state["stage_start"] = state["step"]  # the first stage's step budget starts after the text
                 clock.record(state)
                 if state["step"] % 50 == 0:
-                    print(f"step {state['step']} text {running['text_loss']:.4f} wall {state['elapsed'] / 60:.1f} min",
-                          flush=True)
+                    losses = " ".join(f"{name} {value:.4f}" for name, value in running.items())
+                    print(f"step {state['step']} {losses} wall {state['elapsed'] / 60:.1f} min", flush=True)
                 if state["step"] % args.eval_every == 0 or state["step"] == args.text_steps:
-                    emit({"step": state["step"], "text_pretraining": True, "text_loss": round(running["text_loss"], 4),
+                    emit({"step": state["step"], "text_pretraining": True, **{k: round(v, 4) for k, v in running.items()},
                           "lr": optimizer.param_groups[0]["lr"], **clock.record(state),
                           "text_held_out_loss": held_out_text_loss(model, text)})
                     save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
@@ -854,6 +926,9 @@ def main(argv=None) -> int:
                                         torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
                 auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
                     list(spread_inputs.hidden.values()), sampled))
+            if facts is not None:  # after the image rows: its forward pass overwrites what the hooks kept from them
+                fact_windows, fact_targets = (t.to(device) for t in facts.batch(state["step"], args.fact_rows))
+                auxiliary["fact_loss"] = (1.0, lambda: next_word_loss(model, fact_windows, fact_targets))
             if text is not None and args.text_rows > 0:
                 # last: its forward pass overwrites what the hooks kept from the image rows
                 windows = text.batch(state["step"], args.text_rows).to(device)

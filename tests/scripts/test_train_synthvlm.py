@@ -480,3 +480,86 @@ def test_text_training_without_the_texts_words_is_refused_before_training(tmp_pa
         with pytest.raises(SystemExit, match=f"{bad[-2]} {bad[-1]} is out of range"):
             train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, *bad])
     assert not (tmp_path / "run").exists()
+
+
+FACTS_TINY = TINY + ["--world", "synthvlm-facts", "--fact-rows", "2", "--text-length", "20"]
+
+
+def test_fact_windows_are_whole_table_entries_whose_meaning_words_alone_are_targets():
+    args = train_synthvlm.parse_args(FACTS_TINY + ["--out", "unused"])
+    tokenizer = train_synthvlm.build_fresh_model(args)[1].tokenizer
+    table = train_synthvlm.fact_table(args.world)
+    stream = train_synthvlm.FactStream(args, tokenizer)
+    windows, targets = stream.batch(step=3, rows=2)
+    assert windows.shape == (2, 18)  # three entries of six words fit in 20
+    for row, target_row in zip(windows.tolist(), targets.tolist()):
+        words = tokenizer.convert_ids_to_tokens(row)
+        for start in range(0, len(words), 6):
+            glyphs, entry = "".join(words[start:start + 3]), words[start:start + 6]
+            assert entry == f"{table.statement(glyphs)} ,".split()
+        kept = [(i, t) for i, t in enumerate(target_row) if t != -100]
+        assert [i for i, _ in kept] == [4, 10, 16]  # each entry's meaning word, nothing else
+        assert all(t == row[i] for i, t in kept)
+    again, _ = stream.batch(step=3, rows=2)
+    assert torch.equal(again, windows)  # a pure function of the step: resuming draws the same windows
+    assert not torch.equal(stream.batch(step=4, rows=2)[0], windows)
+
+
+def test_a_facts_run_logs_its_fact_loss_and_reads_only_the_spelled_glyphs(tmp_path):
+    out = tmp_path / "run"
+    assert train_synthvlm.main(["--out", str(out), *FACTS_TINY]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert all(0 < entry["fact_loss"] < 20 for entry in log if "stage" in entry)
+    args = train_synthvlm.parse_args(FACTS_TINY + ["--out", "unused", "--batch-size", "40"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(3, step=0)
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    _, read, _ = train_synthvlm.binding_targets(batch["input_ids"], batch["labels_mask"], rows.subjects,
+                                                args.image_size, processor.tokenizer)
+    meaning_rows = [i for i, c in enumerate(rows.conversations) if "mean ?" in c[0]["content"][1]["text"]]
+    assert meaning_rows
+    for i in meaning_rows:  # "9 6 A means w0412": the three glyphs are read from the image, the rest recalled
+        assert (read[:, 0] == i).sum() == 3
+
+
+def test_the_facts_preset_learns_the_table_from_text_from_its_first_step(tmp_path):
+    args = train_synthvlm.parse_args(["--preset", "facts", "--out", "unused"])
+    assert (args.world, args.layers, args.image_size, args.fact_rows) == ("deep-facts", 8, 392, 16)
+    assert args.text_vocab > 0 and args.text_steps > 0 and args.text_rows > 0
+    out = tmp_path / "run"
+    small = ["--text-vocab", "300", "--text-steps", "2", "--text-rows", "1", "--text-length", "20",
+             "--text-pretrain-rows", "2", "--fact-rows", "1", "--layers", "3", "--image-size", "112"]
+    assert train_synthvlm.main(["--preset", "facts", "--out", str(out), *TINY, *small]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    text_phase = [entry for entry in log if entry.get("text_pretraining")]
+    assert len(text_phase) == 2 and all(0 < entry["fact_loss"] < 20 for entry in text_phase)
+
+
+def test_an_exported_model_gives_each_word_its_rows_where_the_new_vocabulary_has_that_word(tmp_path):
+    """A facts world adds words between the world's and the text's: an exported text run's rows follow their words."""
+    source = tmp_path / "source"
+    assert train_synthvlm.main(["--out", str(tmp_path / "text"), "--export", str(source), *TINY, *TEXT]) == 0
+    args = train_synthvlm.parse_args(FACTS_TINY + ["--out", "unused", "--text-vocab", "300", "--init-from", str(source)])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    start = train_synthvlm.initial_weights(source, model, torch.device("cpu"))
+    vocab = processor.tokenizer.get_vocab()
+    words = sorted(vocab, key=vocab.get)
+    train_synthvlm.load_overlapping(model, start["model"], start["words"], words)
+    theirs = {word: i for i, word in enumerate(start["words"])}
+    shared = [w for w in words if w in theirs]
+    assert "self" in shared and vocab["self"] != theirs["self"]  # the text's words moved up past the facts' words
+    embedding_name = next(k for k in start["model"] if k.endswith("embed_tokens.weight"))
+    mine, source_rows = model.get_input_embeddings().weight, start["model"][embedding_name]
+    assert all(torch.equal(mine[vocab[w]], source_rows[theirs[w]]) for w in shared)
+    added = torch.tensor([vocab[w] for w in words if w not in theirs])
+    assert len(added) >= 1024  # the facts' meaning words, at the loaded rows' mean norm
+    kept = torch.tensor([vocab[w] for w in shared])
+    assert torch.isclose(mine[added].norm(dim=1).mean(), mine[kept].norm(dim=1).mean(), rtol=1e-4)
+
+
+def test_fact_rows_outside_a_facts_world_are_refused_before_training(tmp_path):
+    with pytest.raises(SystemExit, match="--world synthvlm-facts"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--fact-rows", "2"])
+    with pytest.raises(SystemExit, match="--fact-rows -1 is out of range"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *FACTS_TINY, "--fact-rows", "-1"])
+    assert not (tmp_path / "run").exists()

@@ -11,8 +11,9 @@ from vlmq_gptqmodel.synth.world import (
     caption_conversation, make_samples, questions,
 )
 from vlmq_gptqmodel.synth.world.render import RGB, TILE_ATTRIBUTES, TOKEN_PIXELS, anchor_tile, text_tiles, tile_labels
-from vlmq_gptqmodel.synth.world.scene import SceneText
-from vlmq_gptqmodel.synth.world.vocab import GRID_SIZE, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS
+from vlmq_gptqmodel.synth.world.facts import FACT_VALUES, FactTable
+from vlmq_gptqmodel.synth.world.scene import SceneText, get_stage
+from vlmq_gptqmodel.synth.world.vocab import GLYPHS, GRID_SIZE, NUMBER_WORDS, POSITION_NAMES, SHAPE_PLURALS
 
 
 def _same(a, b):
@@ -358,3 +359,40 @@ def test_the_unlit_world_draws_its_final_stage_on_a_flat_background_and_changes_
 
     assert min(cast(Scene((), None))) > 20  # the lighting: both casts about 40 grey levels across the image
     assert max(abs(c) for c in cast(Scene((), None, lit=False))) < 5
+
+
+def test_a_fact_table_is_fixed_by_its_seed_and_names_a_word_for_each_of_its_distinct_texts():
+    table = FactTable(glyphs=3, count=300, seed=7)
+    assert len(table.keys) == 300 and all(len(k) == 3 and set(k) <= set(GLYPHS) for k in table.keys)
+    assert set(table.entries.values()) <= set(FACT_VALUES)
+    again = FactTable(glyphs=3, count=300, seed=7)
+    assert again.entries == table.entries  # a model trained on one table is asked about the same table
+    other = FactTable(glyphs=3, count=300, seed=8)
+    assert other.entries != table.entries
+    key = table.keys[0]
+    assert table.statement(key) == f"{' '.join(key)} means {table.entries[key]}"
+    assert len(set(table.entries.values())) > 200  # random words, not one word for every text
+    with pytest.raises(ValueError, match="not one of the table"):
+        table.meaning_of("ZZZ")
+    with pytest.raises(ValueError, match="distinct texts"):
+        FactTable(glyphs=2, count=257, seed=0)
+
+
+def test_the_facts_world_shows_table_entries_says_their_meaning_and_asks_for_it():
+    table = get_stage(None, "synthvlm-facts").facts
+    samples = make_samples("eval", 60, world="synthvlm-facts")
+    texts = [s for s in samples if s.scene.text]
+    assert 0.5 < len(texts) / len(samples) < 0.9
+    tokenizer = tiny_vlm.build_tokenizer(WORLDS["synthvlm-facts"].vocab)
+    for s in texts:
+        glyphs = s.scene.text.glyphs
+        assert glyphs in table.entries
+        assert f"text {' '.join(glyphs)} means {table.entries[glyphs]} " in s.caption
+        meaning = [qa for qa in s.qa if qa.kind == "meaning"]
+        assert len(meaning) == 1 and meaning[0].answer == table.statement(glyphs)
+        assert meaning[0].subject == s.scene.text
+        for text in [s.caption] + [t for qa in s.qa for t in (qa.question, qa.answer)]:
+            assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
+    assert not any(qa.kind == "meaning" for s in samples if not s.scene.text for qa in s.qa)
+    # earlier stages are the shipped world's: no table, no meaning questions
+    assert all(s.scene.facts is None for s in make_samples("train", 10, stage=2, world="synthvlm-facts"))

@@ -39,7 +39,7 @@ def describe_item(item: SceneObject | SceneText, scene: Scene) -> str:
     the list as the name questions do."""
     where = POSITION_NAMES[item.row][item.col]
     if isinstance(item, SceneText):
-        return f"text {spelled(item.glyphs)} {where}"
+        return f"text {scene.facts.statement(item.glyphs) if scene.facts else spelled(item.glyphs)} {where}"
     name = f" {scene.name_of(item.colour)}" if scene.names else ""
     return f"{item.size} {item.colour} {item.shape}{name} {where}"
 
@@ -132,9 +132,20 @@ def ask_name(scene: Scene, rng: np.random.Generator) -> QA | None:
                              lambda o: f"what is the name of the {o.shape} ?", lambda o: scene.name_of(o.colour))
 
 
+def ask_meaning(scene: Scene, rng: np.random.Generator) -> QA | None:
+    """What the facts world's table says the text means, after the text itself: "9 6 A means w0412". Spelling it
+    first puts the lookup's key in the answer's own tokens, as a language model names an entity before recalling
+    a fact about it (asked for the meaning alone, a model that read the glyphs well learned no entry of a smaller
+    table in 500 steps: the lexicon world, tools/TRAINING.md). The subject is the text: the answer starts by
+    reading it."""
+    if scene.text is None or scene.facts is None:
+        return None
+    return QA("meaning", "what does the text mean ?", scene.facts.statement(scene.text.glyphs), scene.text)
+
+
 ASKERS = {
     "colour": ask_colour, "shape": ask_shape, "count": ask_count,
-    "exists": ask_exists, "position": ask_position, "text": ask_text, "name": ask_name,
+    "exists": ask_exists, "position": ask_position, "text": ask_text, "name": ask_name, "meaning": ask_meaning,
 }
 
 

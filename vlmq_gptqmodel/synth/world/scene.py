@@ -9,6 +9,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from vlmq_gptqmodel.synth.world.facts import FACT_WORDS, FactTable
 from vlmq_gptqmodel.synth.world.vocab import COLOURS, GLYPHS, GRID_SIZE, NAMES, NAMES_VOCAB, SHAPES, SIZES, VOCAB
 
 # The kinds the curriculum trains and the evaluation asks. language.py can also ask "count" and "exists"
@@ -31,6 +32,7 @@ class Stage:
     names: bool = False  # prompts start with the scene's colour -> name list (the names world)
     contrast: tuple[float, float] = (1.0, 1.0)  # each item's contrast against the background, drawn uniformly
     lit: bool = True  # the background's lighting, which tells position (render.py); False: a flat background
+    facts: FactTable | None = None  # texts are the table's entries, and captions say what they mean (facts.py)
 
 
 # Stage 1: one big shape, "what colour/shape". Stage 2: two or three objects of both sizes, so the colour
@@ -76,6 +78,22 @@ SYNTHVLM_FAINT_STAGES = STAGES[:2] + (replace(STAGES[2], contrast=FAINT_CONTRAST
 # answers must come from where its image token sits (the language model's rotary positions, which q/k rounding
 # perturbs) rather than from its colour cast. A quick fine-tuning test of the idea, like synthvlm-faint.
 SYNTHVLM_UNLIT_STAGES = STAGES[:2] + (replace(STAGES[2], lit=False),)
+# The shipped world with stored knowledge (facts.py): texts are entries of a fixed random table of three-glyph
+# texts, captions say what each means, and "what does the text mean ?" asks for it. The table is taught from
+# text alone (the training script's --fact-rows); a quick fine-tuning test of knowledge as the source of
+# headroom, like synthvlm-faint.
+SYNTHVLM_FACTS = FactTable(glyphs=3, count=4096, seed=20261128)
+SYNTHVLM_FACTS_STAGES = STAGES[:2] + (
+    replace(STAGES[2], text_probability=0.7, kinds=QUESTION_KINDS + ("meaning",), glyphs=(3, 3), facts=SYNTHVLM_FACTS),
+)
+# The deep world with stored knowledge: its final stage's texts are entries of a table of four-glyph texts (twice
+# as many entries as synthvlm-facts', which GPTQ at 3 bits barely touched), in 90 % of the images, so about a
+# fifth of the questions ask what a text means.
+DEEP_FACTS = FactTable(glyphs=4, count=8192, seed=20261129)
+DEEP_FACTS_STAGES = DEEP_STAGES[:3] + (
+    replace(DEEP_STAGES[3], text_probability=0.9, kinds=QUESTION_KINDS + ("meaning",), glyphs=(4, 4),
+            facts=DEEP_FACTS),
+)
 # 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
 DEFAULT_IMAGE_SIZE = 224
 # The deep worlds' images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
@@ -100,6 +118,8 @@ WORLDS = {
     "faint": World(FAINT_STAGES, image_size=DEEP_IMAGE_SIZE),
     "synthvlm-faint": World(SYNTHVLM_FAINT_STAGES),
     "synthvlm-unlit": World(SYNTHVLM_UNLIT_STAGES),
+    "synthvlm-facts": World(SYNTHVLM_FACTS_STAGES, VOCAB + FACT_WORDS),
+    "deep-facts": World(DEEP_FACTS_STAGES, VOCAB + FACT_WORDS, DEEP_IMAGE_SIZE),
 }
 DEFAULT_WORLD = "synthvlm"
 # Colours the name list adds that no object has, so the list alone does not give the answer away.
@@ -150,6 +170,7 @@ class Scene:
     text: SceneText | None
     names: tuple[tuple[str, str], ...] = ()  # (colour, name) in the order the prompt lists them
     lit: bool = True  # drawn with the lighting that tells position (Stage.lit)
+    facts: FactTable | None = None  # what its text means (Stage.facts)
 
     def name_of(self, colour: str) -> str:
         return dict(self.names)[colour]
@@ -175,13 +196,16 @@ def sample_scene(rng: np.random.Generator, stage: Stage) -> Scene:
     )
     text = None
     if has_text:
-        glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(stage.glyphs[0], stage.glyphs[1] + 1))))
+        if stage.facts is not None:  # only in the facts worlds: the others' streams stay as they were
+            glyphs = stage.facts.keys[int(rng.integers(stage.facts.count))]
+        else:
+            glyphs = "".join(rng.choice(GLYPHS, size=int(rng.integers(stage.glyphs[0], stage.glyphs[1] + 1))))
         text = SceneText(glyphs, int(cells[-1]) // GRID_SIZE, int(cells[-1]) % GRID_SIZE)
     names = _sample_names(rng, objects) if stage.names else ()
     if stage.contrast != (1.0, 1.0):  # drawn last, and only here: the other worlds' streams stay as they were
         objects = tuple(replace(o, contrast=float(rng.uniform(*stage.contrast))) for o in objects)
         text = text and replace(text, contrast=float(rng.uniform(*stage.contrast)))
-    return Scene(objects, text, names, lit=stage.lit)  # no draw: the other worlds' streams stay as they were
+    return Scene(objects, text, names, lit=stage.lit, facts=stage.facts)  # no draw: the other worlds' streams stay as they were
 
 
 def _sample_names(rng: np.random.Generator, objects) -> tuple[tuple[str, str], ...]:

@@ -292,6 +292,15 @@ def assistant_mask(input_ids: torch.Tensor, tokenizer) -> torch.Tensor:
     return mask
 
 
+# The streams of per-step draws besides the image rows' (CurriculumStream): each a pure function of (seed, step,
+# stream), so resuming is exact. Text windows and the spread loss's tokens have shared stream 0 since they exist.
+TEXT_STREAM, SPREAD_STREAM, FACT_STREAM = 0, 0, 1
+
+
+def step_seed(args, step: int, stream: int) -> int:
+    return args.seed * 1_000_003 + step + (stream << 40)
+
+
 class TextStream:
     """The standard library's source as word windows for the language model (text_lm's split by file): training
     windows are a pure function of (seed, step), so resuming is exact; held-out windows are fixed."""
@@ -307,7 +316,7 @@ class TextStream:
                                                args.text_length, self.HELD_OUT_WINDOWS)
 
     def batch(self, step: int, rows: int) -> torch.Tensor:
-        return text_lm.windows(self.train, rows, self.args.text_length, self.args.seed * 1_000_003 + step)
+        return text_lm.windows(self.train, rows, self.args.text_length, step_seed(self.args, step, TEXT_STREAM))
 
 
 def fact_table(world: str) -> FactTable | None:
@@ -328,7 +337,7 @@ class FactStream:
         self.per_window = max(1, args.text_length // self.entries.shape[1])
 
     def batch(self, step: int, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-        generator = torch.Generator().manual_seed(self.args.seed * 1_000_003 + step)
+        generator = torch.Generator().manual_seed(step_seed(self.args, step, FACT_STREAM))
         picks = torch.randint(len(self.entries), (rows, self.per_window), generator=generator)
         windows = self.entries[picks].flatten(1)
         meaning = self.entries.shape[1] - 2  # the word before the closing comma
@@ -923,7 +932,7 @@ def main(argv=None) -> int:
                         model, copy_output.hidden[copy[:, 0], copy[:, 1]], answers, name_ids))
             if spread_inputs is not None:
                 sampled = spread_tokens(prepared.batch["attention_mask"], SPREAD_TOKENS,
-                                        torch.Generator().manual_seed(args.seed * 1_000_003 + state["step"])).to(device)
+                                        torch.Generator().manual_seed(step_seed(args, state["step"], SPREAD_STREAM))).to(device)
                 auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
                     list(spread_inputs.hidden.values()), sampled))
             if facts is not None:  # after the image rows: its forward pass overwrites what the hooks kept from them

@@ -378,12 +378,13 @@ def test_a_fact_table_is_fixed_by_its_seed_and_names_a_word_for_each_of_its_dist
         FactTable(glyphs=2, count=257, seed=0)
 
 
-def test_the_facts_world_shows_table_entries_says_their_meaning_and_asks_for_it():
-    table = get_stage(None, "synthvlm-facts").facts
-    samples = make_samples("eval", 60, world="synthvlm-facts")
+@pytest.mark.parametrize("world, text_share", [("synthvlm-facts", (0.5, 0.9)), ("deep-facts", (0.75, 1.0))])
+def test_the_facts_worlds_show_table_entries_say_their_meaning_and_ask_for_it(world, text_share):
+    table = get_stage(None, world).facts
+    samples = make_samples("eval", 60, world=world, image_size=WORLDS[world].image_size)
     texts = [s for s in samples if s.scene.text]
-    assert 0.5 < len(texts) / len(samples) < 0.9
-    tokenizer = tiny_vlm.build_tokenizer(WORLDS["synthvlm-facts"].vocab)
+    assert text_share[0] < len(texts) / len(samples) <= text_share[1]
+    tokenizer = tiny_vlm.build_tokenizer(WORLDS[world].vocab)
     for s in texts:
         glyphs = s.scene.text.glyphs
         assert glyphs in table.entries
@@ -395,4 +396,4 @@ def test_the_facts_world_shows_table_entries_says_their_meaning_and_asks_for_it(
             assert tokenizer.unk_token_id not in tokenizer(text)["input_ids"], text
     assert not any(qa.kind == "meaning" for s in samples if not s.scene.text for qa in s.qa)
     # earlier stages are the shipped world's: no table, no meaning questions
-    assert all(s.scene.facts is None for s in make_samples("train", 10, stage=2, world="synthvlm-facts"))
+    assert all(s.scene.facts is None for s in make_samples("train", 10, stage=2, world=world))

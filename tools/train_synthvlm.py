@@ -649,15 +649,16 @@ def load_overlapping(model, saved: dict, saved_words: list[str] | None = None, w
     embedding, output = model.get_input_embeddings().weight, model.get_output_embeddings().weight
     word_matrices = {k for k, p in model.named_parameters() if p is embedding or p is output}
     loaded = torch.zeros(len(embedding), dtype=torch.bool)
-    if saved_words is not None and words is not None:
+    by_word = saved_words is not None and words is not None
+    if by_word:
         at = {word: i for i, word in enumerate(saved_words)}
         pairs = [(i, at[word]) for i, word in enumerate(words) if word in at]
-        mine, theirs = (torch.tensor(side, dtype=torch.long) for side in zip(*pairs)) if pairs else (
-            torch.zeros(0, dtype=torch.long),) * 2
+        mine = torch.tensor([i for i, _ in pairs], dtype=torch.long)
+        theirs = torch.tensor([j for _, j in pairs], dtype=torch.long)
     with torch.no_grad():
         for name, value in saved.items():
             target = current[name]
-            if name in word_matrices and saved_words is not None and words is not None:
+            if name in word_matrices and by_word:
                 target[mine.to(target.device)] = value[theirs.to(value.device)]
                 loaded[mine] = True
             elif value.shape == target.shape:

@@ -103,8 +103,10 @@ PRESETS = {
 PRESETS["faint"] = dict(PRESETS["deep"], world="faint", out="runs/faint")
 # the deep recipe in the deep-facts world, with a language model of real text that also learns the world's table
 # of facts from text (from its first step): stored knowledge, what 2-bit rounding destroys first (tools/TRAINING.md)
-PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=400, text_rows=8,
-                        fact_rows=16, max_minutes=180.0, out="runs/facts")
+# (48 table windows per text step: with 16, a from-scratch run was still at chance after 600 steps; TRAINING.md)
+PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=450, text_pretrain_rows=16,
+                        fact_pretrain_rows=48, text_rows=4, fact_rows=8, final_steps=1000, max_minutes=200.0,
+                        out="runs/facts")
 
 
 def parse_args(argv=None):
@@ -172,6 +174,9 @@ def parse_args(argv=None):
     p.add_argument("--text-loss", type=float, default=1.0, help="weight of the text rows' loss in curriculum steps")
     p.add_argument("--fact-rows", type=int, default=0,
                    help="windows of the facts world's table (--text-length words each) added to every step")
+    p.add_argument("--fact-pretrain-rows", type=int, default=None,
+                   help="table windows per --text-steps step (default: --fact-rows): the cheap text-only steps are "
+                        "where a from-scratch run learns the table")
     p.add_argument("--init-from", default=None, metavar="CKPT",
                    help="start a new run from another run's checkpoint, or from an exported model folder (e.g. the "
                         "shipped vlmq_gptqmodel/synth/assets/synthvlm), instead of a fresh model: its language and "
@@ -200,6 +205,7 @@ def parse_args(argv=None):
     preset, _ = p.parse_known_args(argv)
     p.set_defaults(**PRESETS[preset.preset])
     args = p.parse_args(argv)
+    args.fact_pretrain_rows = args.fact_rows if args.fact_pretrain_rows is None else args.fact_pretrain_rows
     # Checked here, before --out is created: a refused run leaves nothing behind.
     if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
         raise SystemExit(f"--bind-layer {args.bind_layer} does not fit a {args.layers}-layer language model: the "
@@ -215,7 +221,7 @@ def parse_args(argv=None):
                          f"{args.spread_loss}: give --spread-loss W > 0 too, or drop --spread-at")
     args.spread_at = args.spread_at or "residual"
     negative = [f"--{name.replace('_', '-')} {getattr(args, name)}" for name in ("text_vocab", "text_steps", "text_rows",
-                                                                               "fact_rows")
+                                                                               "fact_rows", "fact_pretrain_rows")
                 if getattr(args, name) < 0] + [f"--{name.replace('_', '-')} {getattr(args, name)}"
                                                for name in ("text_pretrain_rows", "text_length") if getattr(args, name) < 1]
     if negative:
@@ -224,10 +230,10 @@ def parse_args(argv=None):
     if (args.text_steps > 0 or args.text_rows > 0) and args.text_vocab <= 0:
         raise SystemExit("--text-steps/--text-rows train on the standard library's source, whose words the world's "
                          "vocabulary lacks: give --text-vocab N too (e.g. 4000)")
-    if args.fact_rows > 0 and fact_table(args.world) is None:
+    if max(args.fact_rows, args.fact_pretrain_rows) > 0 and fact_table(args.world) is None:
         facts_worlds = [name for name in WORLDS if fact_table(name) is not None]
-        raise SystemExit(f"--fact-rows teaches a facts world's table, and the {args.world} world has none: give "
-                         f"--world {' or '.join(facts_worlds)}, or drop --fact-rows")
+        raise SystemExit(f"--fact-rows/--fact-pretrain-rows teach a facts world's table, and the {args.world} world has none: give "
+                         f"--world {' or '.join(facts_worlds)}, or drop them")
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
@@ -245,8 +251,9 @@ def vocabulary(args) -> list[str]:
     return words
 
 
-def build_fresh_model(args):
-    tokenizer = tiny_vlm.build_tokenizer(vocabulary(args))
+def build_fresh_model(args, words: list[str] | None = None):
+    """A fresh model over `words` (default: vocabulary(args); a resumed run passes its checkpoint's)."""
+    tokenizer = tiny_vlm.build_tokenizer(vocabulary(args) if words is None else words)
     processor = tiny_vlm.build_processor(tokenizer, ARCH, args.image_size)
     config = tiny_vlm.tiny_config(
         ARCH, len(tokenizer), hidden_size=args.hidden, num_hidden_layers=args.layers,
@@ -677,10 +684,23 @@ def load_overlapping(model, saved: dict, saved_words: list[str] | None = None, w
             output[added] = embedding[added] * (norm(output[~added]) / norm(embedding[added]))
 
 
-def save_checkpoint(path: Path, model, optimizer, probes, probe_optimizer, state: dict) -> None:
+def resumable(weights: dict, model, ckpt: Path) -> None:
+    """Refuse, in one line, a checkpoint whose weights this run's model cannot take (a checkpoint from before the
+    vocabulary was saved in it, resumed under another Python; or other model sizes)."""
+    current = model.state_dict()
+    clash = next((name for name, w in weights.items() if name in current and w.shape != current[name].shape), None)
+    if clash is not None:
+        raise SystemExit(f"{ckpt} holds {clash} of shape {tuple(weights[clash].shape)}, this run builds "
+                         f"{tuple(current[clash].shape)}: resume with the flags and the Python that started the run, "
+                         f"or give another --out")
+
+
+def save_checkpoint(path: Path, model, optimizer, probes, probe_optimizer, state: dict, words: list[str]) -> None:
+    """`words` is the run's vocabulary: --text-vocab reads it off this Python's standard library, which another
+    Python version words differently, so a resume rebuilds the model from the checkpoint's words, not its own."""
     tmp = path.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "probe": probes.state_dict(),
-                "probe_optimizer": probe_optimizer.state_dict(), **state}, tmp)
+                "probe_optimizer": probe_optimizer.state_dict(), "words": words, **state}, tmp)
     os.replace(tmp, path)
 
 
@@ -796,8 +816,8 @@ def text_pretraining_step(model, optimizer, text: TextStream, facts: FactStream 
     language model meets facts in its pretraining text); returns the losses."""
     windows = text.batch(step, args.text_pretrain_rows).to(device)
     losses = {"text_loss": (1.0, lambda: text_loss(model, windows, text.unknown))}
-    if facts is not None:
-        fact_windows, fact_targets = (t.to(device) for t in facts.batch(step, args.fact_rows))
+    if facts is not None and args.fact_pretrain_rows > 0:
+        fact_windows, fact_targets = (t.to(device) for t in facts.batch(step, args.fact_pretrain_rows))
         losses["fact_loss"] = (1.0, lambda: next_word_loss(model, fact_windows, fact_targets))
     return train_step(model, (optimizer,), None, args.bf16, losses, device.type)[1]
 
@@ -823,9 +843,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     device = torch.device(args.device)
-    model, processor = build_fresh_model(args)
+    ckpt = out / "ckpt.pt"
+    saved = torch.load(ckpt, weights_only=False, map_location=device) if ckpt.exists() else None
+    words = saved.pop("words", None) if saved else None
+    words = vocabulary(args) if words is None else words
+    model, processor = build_fresh_model(args, words)
     text = TextStream(args, processor.tokenizer) if args.text_steps > 0 or args.text_rows > 0 else None
-    facts = FactStream(args, processor.tokenizer) if args.fact_rows > 0 else None
+    facts = FactStream(args, processor.tokenizer) if max(args.fact_rows, args.fact_pretrain_rows) > 0 else None
     n_tiles = args.image_size // TOKEN_PIXELS
     probes = torch.nn.ModuleDict({name: TileProbe(model.config.text_config.hidden_size, n_tiles)
                                   for name in ("tiles", "read")})
@@ -840,9 +864,8 @@ def main(argv=None) -> int:
     optimizer, probe_optimizer = (torch.optim.AdamW(m.parameters(), lr=args.lr, weight_decay=args.weight_decay,
                                                     betas=(0.9, 0.98)) for m in (model, probes))
     state = {"step": 0, "stage": 1, "stage_start": 0, "final_start": None, "elapsed": 0.0, "cpu": 0.0}
-    ckpt = out / "ckpt.pt"
-    if ckpt.exists():
-        saved = torch.load(ckpt, weights_only=False, map_location=device)
+    if saved is not None:
+        resumable(saved["model"], model, ckpt)
         model.load_state_dict(saved.pop("model"))
         optimizer.load_state_dict(saved.pop("optimizer"))
         probe_state, probe_optimizer_state = saved.pop("probe", None), saved.pop("probe_optimizer", None)
@@ -904,7 +927,9 @@ def main(argv=None) -> int:
                     emit({"step": state["step"], "text_pretraining": True, **{k: round(v, 4) for k, v in running.items()},
                           "lr": optimizer.param_groups[0]["lr"], **clock.record(state),
                           "text_held_out_loss": held_out_text_loss(model, text)})
-                    save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
+                    save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state, words)
+                if state["step"] == args.text_steps:
+                    running.clear()  # the curriculum's averages start afresh (no text-phase loss lingers in them)
                 continue
             prepared = feeder.get(state["stage"], state["step"])
             batch = {name: value.to(device) for name, value in prepared.batch.items()}
@@ -936,7 +961,7 @@ def main(argv=None) -> int:
                                         torch.Generator().manual_seed(step_seed(args, state["step"], SPREAD_STREAM))).to(device)
                 auxiliary["spread_loss"] = (args.spread_loss, lambda: spread_loss(
                     list(spread_inputs.hidden.values()), sampled))
-            if facts is not None:  # after the image rows: its forward pass overwrites what the hooks kept from them
+            if facts is not None and args.fact_rows > 0:  # after the image rows: its forward pass overwrites what the hooks kept from them
                 fact_windows, fact_targets = (t.to(device) for t in facts.batch(state["step"], args.fact_rows))
                 auxiliary["fact_loss"] = (1.0, lambda: next_word_loss(model, fact_windows, fact_targets))
             if text is not None and args.text_rows > 0:
@@ -956,11 +981,11 @@ def main(argv=None) -> int:
                 emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
                       "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
                 next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
-                save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
+                save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state, words)
     finally:
         feeder.close()
     timing = clock.record(state)
-    save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state)
+    save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state, words)
     emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"], text)})
     if args.export:
         export(model, processor, Path(args.export))

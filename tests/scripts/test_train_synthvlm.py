@@ -482,6 +482,26 @@ def test_text_training_without_the_texts_words_is_refused_before_training(tmp_pa
     assert not (tmp_path / "run").exists()
 
 
+def test_a_resume_rebuilds_the_model_from_its_checkpoints_words_and_refuses_weights_it_cannot_take(tmp_path,
+                                                                                                    monkeypatch):
+    out, export = tmp_path / "run", tmp_path / "export"
+    assert train_synthvlm.main(["--out", str(out), *TINY, *TEXT]) == 0
+    words = torch.load(out / "ckpt.pt", weights_only=False)["words"]
+    assert words == train_synthvlm.vocabulary(train_synthvlm.parse_args(["--out", "unused", *TINY, *TEXT]))
+    # another Python's standard library gives --text-vocab other words: the resume keeps the run's own
+    other = lambda args: words[:-7] + ["another", "pythons", "words"]  # noqa: E731
+    monkeypatch.setattr(train_synthvlm, "vocabulary", other)
+    assert train_synthvlm.main(["--out", str(out), "--export", str(export), "--export-only", *TINY, *TEXT]) == 0
+    _, processor = evaluation.load_for_eval(export)
+    assert set(words) <= set(processor.tokenizer.get_vocab()) and "pythons" not in processor.tokenizer.get_vocab()
+    # a checkpoint from before the words were saved in it: refused in one line, not a shape traceback
+    saved = torch.load(out / "ckpt.pt", weights_only=False)
+    del saved["words"]
+    torch.save(saved, out / "ckpt.pt")
+    with pytest.raises(SystemExit, match="embed_tokens.*resume with the flags and the Python that started the run"):
+        train_synthvlm.main(["--out", str(out), *TINY, *TEXT])
+
+
 FACTS_TINY = TINY + ["--world", "synthvlm-facts", "--fact-rows", "2", "--text-length", "20"]
 
 
@@ -522,17 +542,31 @@ def test_a_facts_run_logs_its_fact_loss_and_reads_only_the_spelled_glyphs(tmp_pa
         assert (read[:, 0] == i).sum() == 3
 
 
-def test_the_facts_preset_learns_the_table_from_text_from_its_first_step(tmp_path):
+def test_the_facts_preset_learns_the_table_from_text_from_its_first_step(tmp_path, monkeypatch):
     args = train_synthvlm.parse_args(["--preset", "facts", "--out", "unused"])
-    assert (args.world, args.layers, args.image_size, args.fact_rows) == ("deep-facts", 8, 392, 16)
+    assert (args.world, args.layers, args.image_size) == ("deep-facts", 8, 392)
+    assert args.fact_pretrain_rows > args.fact_rows > 0  # the cheap text steps carry most of the table
     assert args.text_vocab > 0 and args.text_steps > 0 and args.text_rows > 0
+    assert train_synthvlm.parse_args(FACTS_TINY + ["--out", "unused"]).fact_pretrain_rows == 2  # default: --fact-rows
+    drawn = []
+    batch = train_synthvlm.FactStream.batch
+    monkeypatch.setattr(train_synthvlm.FactStream, "batch",
+                        lambda self, step, rows: drawn.append((step, rows)) or batch(self, step, rows))
     out = tmp_path / "run"
     small = ["--text-vocab", "300", "--text-steps", "2", "--text-rows", "1", "--text-length", "20",
-             "--text-pretrain-rows", "2", "--fact-rows", "1", "--layers", "3", "--image-size", "112"]
+             "--text-pretrain-rows", "2", "--fact-pretrain-rows", "3", "--fact-rows", "1", "--layers", "3",
+             "--image-size", "112"]
     assert train_synthvlm.main(["--preset", "facts", "--out", str(out), *TINY, *small]) == 0
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     text_phase = [entry for entry in log if entry.get("text_pretraining")]
     assert len(text_phase) == 2 and all(0 < entry["fact_loss"] < 20 for entry in text_phase)
+    assert drawn[:2] == [(0, 3), (1, 3)] and {rows for _, rows in drawn[2:]} == {1}
+    # --fact-pretrain-rows alone: the table in the text steps only, no fact rows in the curriculum
+    assert train_synthvlm.main(["--preset", "facts", "--out", str(tmp_path / "pre"), *TINY, *small,
+                                "--fact-rows", "0"]) == 0
+    log = [json.loads(line) for line in (tmp_path / "pre" / "log.jsonl").read_text().splitlines()]
+    assert all("fact_loss" in entry for entry in log if entry.get("text_pretraining"))
+    assert not any("fact_loss" in entry for entry in log if "stage" in entry)
 
 
 def test_an_exported_model_gives_each_word_its_rows_where_the_new_vocabulary_has_that_word(tmp_path):
@@ -562,4 +596,8 @@ def test_fact_rows_outside_a_facts_world_are_refused_before_training(tmp_path):
         train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--fact-rows", "2"])
     with pytest.raises(SystemExit, match="--fact-rows -1 is out of range"):
         train_synthvlm.main(["--out", str(tmp_path / "run"), *FACTS_TINY, "--fact-rows", "-1"])
+    with pytest.raises(SystemExit, match="--world synthvlm-facts"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--fact-pretrain-rows", "2"])
+    with pytest.raises(SystemExit, match="--fact-pretrain-rows -1 is out of range"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *FACTS_TINY, "--fact-pretrain-rows", "-1"])
     assert not (tmp_path / "run").exists()

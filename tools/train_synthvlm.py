@@ -103,8 +103,9 @@ PRESETS = {
 PRESETS["faint"] = dict(PRESETS["deep"], world="faint", out="runs/faint")
 # the deep recipe in the deep-facts world, with a language model of real text that also learns the world's table
 # of facts from text (from its first step): stored knowledge, what 2-bit rounding destroys first (tools/TRAINING.md)
-# (48 table windows per text step: with 16, a from-scratch run was still at chance after 600 steps; TRAINING.md)
-PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=450, text_pretrain_rows=16,
+# (700 text steps of 48 table windows: with 16 a from-scratch run was still at chance after 600 steps, and with
+# 450 text steps the table had not left chance at step 400; TRAINING.md)
+PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=700, text_pretrain_rows=16,
                         fact_pretrain_rows=48, text_rows=4, fact_rows=8, final_steps=1000, max_minutes=200.0,
                         out="runs/facts")
 

@@ -629,9 +629,13 @@ EXPORTED_WEIGHTS = "model.safetensors"
 def initial_weights(path: Path, model, device) -> dict:
     """A training checkpoint, or {"model": weights, "words": its vocabulary in id order} of an exported folder,
     loaded the way evaluation loads it (transformers maps the saved names onto the model's and fills the tied
-    matrices), in the model's dtype."""
+    matrices), in the model's dtype. A checkpoint's "words" (its run's word list) become its vocabulary in id order."""
     if path.is_file():
-        return torch.load(path, weights_only=False, map_location=device)
+        start = torch.load(path, weights_only=False, map_location=device)
+        if "words" in start:
+            vocab = tiny_vlm.build_tokenizer(start["words"], ARCH).get_vocab()
+            start["words"] = sorted(vocab, key=vocab.get)
+        return start
     from transformers import AutoModelForImageTextToText, PreTrainedTokenizerFast
 
     exported = AutoModelForImageTextToText.from_pretrained(path, dtype=next(model.parameters()).dtype)
@@ -642,8 +646,8 @@ def initial_weights(path: Path, model, device) -> dict:
 
 def load_overlapping(model, saved: dict, saved_words: list[str] | None = None, words: list[str] | None = None) -> None:
     """Load another run's weights. The embedding and output matrices may have other rows: with both vocabularies
-    (an exported folder's), each word's rows go where this vocabulary has the word; without (a training
-    checkpoint), a smaller vocabulary whose words this world's vocabulary starts with fills the first rows.
+    (an exported folder's, a training checkpoint's), each word's rows go where this vocabulary has the word; without
+    (a checkpoint from before the vocabulary was saved in it), a smaller vocabulary whose words this world's vocabulary starts with fills the first rows.
     The added words' input embeddings are scaled to the loaded rows' mean norm (at the initialiser's scale they
     would be invisible next to trained words), and their output rows start as those embeddings at the loaded
     output rows' norm: a word a head copies into the residual stream then already scores itself, where an

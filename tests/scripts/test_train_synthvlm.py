@@ -493,7 +493,12 @@ def test_a_resume_rebuilds_the_model_from_its_checkpoints_words_and_refuses_weig
     monkeypatch.setattr(train_synthvlm, "vocabulary", other)
     assert train_synthvlm.main(["--out", str(out), "--export", str(export), "--export-only", *TINY, *TEXT]) == 0
     _, processor = evaluation.load_for_eval(export)
-    assert set(words) <= set(processor.tokenizer.get_vocab()) and "pythons" not in processor.tokenizer.get_vocab()
+    vocab = processor.tokenizer.get_vocab()
+    assert set(words) <= set(vocab) and "pythons" not in vocab
+    # --init-from the checkpoint gets its vocabulary in id order, as from an exported folder: rows follow words
+    model = train_synthvlm.build_fresh_model(train_synthvlm.parse_args(["--out", "unused", *TINY, *TEXT]))[0]
+    start = train_synthvlm.initial_weights(out / "ckpt.pt", model, torch.device("cpu"))
+    assert start["words"] == sorted(vocab, key=vocab.get)
     # a checkpoint from before the words were saved in it: refused in one line, not a shape traceback
     saved = torch.load(out / "ckpt.pt", weights_only=False)
     del saved["words"]

@@ -106,7 +106,7 @@ PRESETS["faint"] = dict(PRESETS["deep"], world="faint", out="runs/faint")
 # (700 text steps of 48 table windows: with 16 a from-scratch run was still at chance after 600 steps, and with
 # 450 text steps the table had not left chance at step 400; TRAINING.md)
 PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=700, text_pretrain_rows=16,
-                        fact_pretrain_rows=48, text_rows=4, fact_rows=8, final_steps=1000, max_minutes=240.0,
+                        fact_pretrain_rows=48, text_rows=4, fact_rows=8, final_steps=1000, max_minutes=300.0,
                         out="runs/facts")
 
 

@@ -226,15 +226,15 @@ def parse_args(argv=None):
                 if getattr(args, name) < 0] + [f"--{name.replace('_', '-')} {getattr(args, name)}"
                                                for name in ("text_pretrain_rows", "text_length") if getattr(args, name) < 1]
     if negative:
-        raise SystemExit(f"{negative[0]} is out of range: the --text-* and --fact-rows counts are whole numbers, 0 (off) or more, and "
+        raise SystemExit(f"{negative[0]} is out of range: the --text-* and --fact-* counts are whole numbers, 0 (off) or more, and "
                          f"--text-pretrain-rows/--text-length at least 1")
     if (args.text_steps > 0 or args.text_rows > 0) and args.text_vocab <= 0:
         raise SystemExit("--text-steps/--text-rows train on the standard library's source, whose words the world's "
                          "vocabulary lacks: give --text-vocab N too (e.g. 4000)")
     if max(args.fact_rows, args.fact_pretrain_rows) > 0 and fact_table(args.world) is None:
         facts_worlds = [name for name in WORLDS if fact_table(name) is not None]
-        raise SystemExit(f"--fact-rows/--fact-pretrain-rows teach a facts world's table, and the {args.world} world has none: give "
-                         f"--world {' or '.join(facts_worlds)}, or drop them")
+        raise SystemExit(f"--fact-rows/--fact-pretrain-rows teach a facts world's table, and the {args.world} world "
+                         f"has none: give --world {' or '.join(facts_worlds)}, or drop them")
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
@@ -647,7 +647,8 @@ def initial_weights(path: Path, model, device) -> dict:
 def load_overlapping(model, saved: dict, saved_words: list[str] | None = None, words: list[str] | None = None) -> None:
     """Load another run's weights. The embedding and output matrices may have other rows: with both vocabularies
     (an exported folder's, a training checkpoint's), each word's rows go where this vocabulary has the word; without
-    (a checkpoint from before the vocabulary was saved in it), a smaller vocabulary whose words this world's vocabulary starts with fills the first rows.
+    (a checkpoint from before the vocabulary was saved in it), a smaller vocabulary whose words this world's
+    vocabulary starts with fills the first rows.
     The added words' input embeddings are scaled to the loaded rows' mean norm (at the initialiser's scale they
     would be invisible next to trained words), and their output rows start as those embeddings at the loaded
     output rows' norm: a word a head copies into the residual stream then already scores itself, where an

@@ -378,7 +378,8 @@ def test_a_fact_table_is_fixed_by_its_seed_and_names_a_word_for_each_of_its_dist
         FactTable(glyphs=2, count=257, seed=0)
 
 
-@pytest.mark.parametrize("world, text_share", [("synthvlm-facts", (0.5, 0.9)), ("deep-facts", (0.75, 1.0))])
+@pytest.mark.parametrize("world, text_share", [("synthvlm-facts", (0.5, 0.9)), ("deep-facts", (0.75, 1.0)),
+                                               ("deep-recall", (0.99, 1.0))])
 def test_the_facts_worlds_show_table_entries_say_their_meaning_and_ask_for_it(world, text_share):
     table = get_stage(None, world).facts
     samples = make_samples("eval", 60, world=world, image_size=WORLDS[world].image_size)
@@ -397,3 +398,12 @@ def test_the_facts_worlds_show_table_entries_say_their_meaning_and_ask_for_it(wo
     assert not any(qa.kind == "meaning" for s in samples if not s.scene.text for qa in s.qa)
     # earlier stages are the shipped world's: no table, no meaning questions
     assert all(s.scene.facts is None for s in make_samples("train", 10, stage=2, world=world))
+
+
+def test_the_recall_world_asks_only_position_text_and_meaning_over_the_deep_facts_table():
+    samples = make_samples("eval", 40, world="deep-recall", image_size=WORLDS["deep-recall"].image_size)
+    kinds = [qa.kind for s in samples for qa in s.qa]
+    assert set(kinds) == {"position", "text", "meaning"}
+    assert kinds.count("meaning") == kinds.count("text") == len(samples)  # a text, so both, in every image
+    assert get_stage(None, "deep-recall").facts is get_stage(None, "deep-facts").facts
+    assert get_stage(2, "deep-recall") == get_stage(2, "deep-facts")  # only the final stage differs

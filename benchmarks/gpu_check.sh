@@ -36,7 +36,7 @@
 #                                            -> train_log.jsonl, <preset>-model.tar (the export as one file: a
 #                                               device run returns at most 8)
 #   probe      tools/headroom_probe.py on the export (GPTQ's room at W2/W3)            -> headroom.md
-# TRAIN_PRESET=facts (the yardstick) trains 9.9 min on an H200 (results/gpu/run3), past one call's 10-minute limit:
+# TRAIN_PRESET=facts (or recall) trains 9.9 min on an H200 (results/gpu/run3), past one call's 10-minute limit:
 # two calls on the warm machine: TRAIN_MINUTES=6, then TRAIN_MINUTES=11 (it resumes and finishes the recipe).
 #
 #   benchmarks/gpu_check.sh --text-lm [--dry-run] [OUT_DIR]  # issue 15: the text-only LM reference, trained longer

@@ -108,6 +108,9 @@ PRESETS["faint"] = dict(PRESETS["deep"], world="faint", out="runs/faint")
 PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, text_steps=700, text_pretrain_rows=16,
                         fact_pretrain_rows=48, text_rows=4, fact_rows=8, final_steps=1000, max_minutes=300.0,
                         out="runs/facts")
+# the facts recipe with the deep-recall world's final stage (position, text and meaning questions only, a text in
+# every image): on the facts model, colour and shape answers never flipped under rounding (TRAINING.md)
+PRESETS["recall"] = dict(PRESETS["facts"], world="deep-recall", out="runs/recall")
 
 
 def parse_args(argv=None):
@@ -116,7 +119,8 @@ def parse_args(argv=None):
                    help="a named recipe that sets the defaults of the other flags (synthvlm: the shipped model; "
                         "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world; "
                         "faint: deep's recipe in the faint world; facts: deep's recipe in the deep-facts world, with "
-                        "a language model of real text that learns the world's facts from text)")
+                        "a language model of real text that learns the world's facts from text; recall: facts' recipe in the "
+                        "deep-recall world)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
                    help="which synthetic world to learn (its final stage is the evaluation distribution; "
                         "world/scene.py says what each is)")

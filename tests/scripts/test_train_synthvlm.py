@@ -547,6 +547,13 @@ def test_a_facts_run_logs_its_fact_loss_and_reads_only_the_spelled_glyphs(tmp_pa
         assert (read[:, 0] == i).sum() == 3
 
 
+def test_the_recall_preset_is_the_facts_recipe_in_the_recall_world():
+    facts, recall = (vars(train_synthvlm.parse_args(["--preset", name])) for name in ("facts", "recall"))
+    assert (recall["world"], recall["out"]) == ("deep-recall", "runs/recall")
+    differ = {k for k in facts if facts[k] != recall[k]}
+    assert differ == {"preset", "world", "out"}
+
+
 def test_the_facts_preset_learns_the_table_from_text_from_its_first_step(tmp_path, monkeypatch):
     args = train_synthvlm.parse_args(["--preset", "facts", "--out", "unused"])
     assert (args.world, args.layers, args.image_size) == ("deep-facts", 8, 392)

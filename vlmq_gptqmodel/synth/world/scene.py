@@ -97,7 +97,7 @@ DEEP_FACTS_STAGES = DEEP_STAGES[:3] + (
 # The deep-facts world with a final stage that asks only what needs several tokens right: a text in every image and
 # position, text and meaning questions (a third each, against a fifth for meaning in deep-facts, whose colour and
 # shape answers a trained model gets right by 7 nats and which rounding never flipped on the selection split:
-# benchmarks/results/gpu/run3). Meaning answers are where GPTQ lost accuracy there.
+# benchmarks/results/quality/deep-facts-gpu-select). Meaning answers are where GPTQ lost accuracy there.
 DEEP_RECALL_STAGES = DEEP_FACTS_STAGES[:3] + (
     replace(DEEP_FACTS_STAGES[3], text_probability=1.0, kinds=("position", "text", "meaning")),
 )

@@ -36,18 +36,20 @@ import numpy as np
 import torch
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
+from vlmq_gptqmodel.errors import BadInput
 from vlmq_gptqmodel.families import family_of
 from vlmq_gptqmodel.synth.compare import layer_output_errors_by
 from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.synth.dequantized import load_dequantized
 from vlmq_gptqmodel.synth.evaluation import (
-    encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model, world_of,
+    encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model,
+    scored_world, world_of,
 )
 from vlmq_gptqmodel.synth.rtn_baseline import apply_rtn
 from vlmq_gptqmodel.engines import DEFAULT_TARGET, ENGINES
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.synth.stats import lower_share, paired_difference, top_share
-from vlmq_gptqmodel.synth.world import calibration_conversations
+from vlmq_gptqmodel.synth.world import WORLDS, calibration_conversations
 from results_io import RESULTS as RESULTS_ROOT, reproduce_line, write_text
 
 RESULTS = RESULTS_ROOT / "quality"
@@ -135,7 +137,7 @@ class Bench:
         self.args = args
         self.model_dir = resolve_model(args.model)
         self.identity = {"model": self.model_dir.name, "eval": args.eval, "split": args.split,
-                         "dtype": args.dtype, "serve": args.serve}
+                         "dtype": args.dtype, "serve": args.serve} | ({"world": args.world} if args.world else {})
         self.store = Path(args.results) / "quality.json"
         self.runs = {}
         if self.store.exists() and not args.fresh:
@@ -149,7 +151,10 @@ class Bench:
         self.dtype = SERVE_DTYPE[args.serve]
         self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=self.dtype)
         self.size = processor_image_size(self.processor)
-        self.world = world_of(self.fp_model)
+        try:
+            self.world = scored_world(world_of(self.fp_model), args.world)
+        except BadInput as error:
+            raise SystemExit(f"--world: {error}") from None
         self.samples = eval_samples(args.eval, seed=0, image_size=self.size, world=self.world, split=args.split)
         self.fp = evaluate(self.fp_model, self.processor, self.samples)
         self.record("FP", self.fp, kinds=self.fp.kinds, lengths=self.fp.answer_lengths)
@@ -437,6 +442,9 @@ def parse_args(argv=None):
     p.add_argument("--split", choices=("eval", "select"), default="eval",
                    help="eval: the held-out evaluation split (reporting only); select: the selection split, on "
                         "which settings may be chosen")
+    p.add_argument("--world", choices=tuple(WORLDS), default=None,
+                   help="score questions from this world's final stage instead of the model's own world (same "
+                        "vocabulary and image size; e.g. deep-meaning: a deep-recall model's meaning questions)")
     p.add_argument("--dtype", default="float32",
                    help="layer dtype while quantizing (auto = GPTQModel's choice, bf16 on CPU)")
     p.add_argument("--serve", choices=tuple(SERVE_DTYPE), default="dequantized",

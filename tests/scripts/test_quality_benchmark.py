@@ -91,3 +91,9 @@ def test_the_study_runs_only_the_variants_asked_for(tiny_vlm, tmp_path):
     assert "--study-variants 'GPTAQ alpha=0.25,VLMQ(gptaq) residual=uniform'" in report  # a shell can rerun it
     refused = _run(model_dir, tmp_path / "q", "--parts", "gptaq-study", "--study-variants", "GPTAQ alpha=0.3", ok=False)
     assert refused.returncode != 0 and "--study-variants" in refused.stderr
+
+
+def test_a_world_the_model_cannot_read_is_refused_before_anything_is_written(tiny_vlm, tmp_path):
+    refused = _run(tiny_vlm("qwen2_vl"), tmp_path / "q", "--parts", "main", "--world", "deep-meaning", ok=False)
+    assert refused.returncode != 0 and "--world: the deep-meaning world's words or image size" in refused.stderr
+    assert not (tmp_path / "q" / "quality.json").exists()

@@ -5,7 +5,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from vlmq_gptqmodel.errors import BadInput
 from vlmq_gptqmodel.synth import tiny_vlm
+from vlmq_gptqmodel.synth.evaluation import scored_world
 from vlmq_gptqmodel.synth.world import (
     CAPTION_PROMPT, DEFAULT_IMAGE_SIZE, FINAL_STAGE, QUESTION_KINDS, STAGES, VOCAB, WORLDS, calibration_conversations,
     caption_conversation, make_samples, questions,
@@ -407,3 +409,17 @@ def test_the_recall_world_asks_only_position_text_and_meaning_over_the_deep_fact
     assert kinds.count("meaning") == kinds.count("text") == len(samples)  # a text, so both, in every image
     assert get_stage(None, "deep-recall").facts is get_stage(None, "deep-facts").facts
     assert get_stage(2, "deep-recall") == get_stage(2, "deep-facts")  # only the final stage differs
+
+
+def test_the_meaning_world_asks_deep_recalls_meaning_questions_alone_and_scores_a_deep_recall_model():
+    samples = make_samples("eval", 40, world="deep-meaning", image_size=WORLDS["deep-meaning"].image_size)
+    assert [qa.kind for s in samples for qa in s.qa] == ["meaning"] * len(samples)  # a text in every image
+    assert all(qa.answer == s.scene.facts.statement(s.scene.text.glyphs) for s in samples for qa in s.qa)
+    assert get_stage(None, "deep-meaning").facts is get_stage(None, "deep-recall").facts
+    assert get_stage(2, "deep-meaning") == get_stage(2, "deep-recall")
+    assert scored_world("deep-recall", "deep-meaning") == "deep-meaning"
+    assert scored_world("deep-recall") == scored_world("deep-recall", "deep-recall") == "deep-recall"
+    with pytest.raises(BadInput, match="synthvlm world's words or image size"):
+        scored_world("deep-recall", "synthvlm")  # other words, 224 px: the model could not read its images
+    with pytest.raises(BadInput, match="deep world's words"):
+        scored_world("deep-recall", "deep")  # 392 px too, but no table words: answers it cannot say

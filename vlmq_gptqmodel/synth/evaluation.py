@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from vlmq_gptqmodel.errors import BadInput
 from vlmq_gptqmodel.model_dir import check_model_dir, is_quantized, read_config
-from vlmq_gptqmodel.synth.world import DEFAULT_WORLD, QA, Sample, make_samples, user_turn
+from vlmq_gptqmodel.synth.world import DEFAULT_WORLD, QA, WORLDS, Sample, make_samples, user_turn
 from vlmq_gptqmodel.synth.tiny_vlm import IM_END
 
 DEFAULT_BATCH_SIZE = 32
@@ -260,6 +260,19 @@ def world_of(model) -> str:
     """The synthetic world a model was trained on (the training script writes it into the config; models
     without it are the original world's)."""
     return getattr(hf_model(model).config, "synth_world", DEFAULT_WORLD)
+
+
+def scored_world(model_world: str, world: str | None = None) -> str:
+    """The world whose questions score a model: its own, or `world` where that one speaks the same words at the same
+    image size (e.g. deep-meaning: a deep-recall model's meaning questions alone), so the model can read its
+    images and say its answers."""
+    if world is None or world == model_world:
+        return model_world
+    ours, theirs = WORLDS[model_world], WORLDS[world]
+    if (ours.vocab, ours.image_size) != (theirs.vocab, theirs.image_size):
+        raise BadInput(f"the {world} world's words or image size are not the {model_world} world's, which the model "
+                       f"was trained on: score it on its own world or on one sharing both")
+    return world
 
 
 def processor_image_size(processor) -> int:

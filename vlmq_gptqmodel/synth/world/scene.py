@@ -101,6 +101,10 @@ DEEP_FACTS_STAGES = DEEP_STAGES[:3] + (
 DEEP_RECALL_STAGES = DEEP_FACTS_STAGES[:3] + (
     replace(DEEP_FACTS_STAGES[3], text_probability=1.0, kinds=("position", "text", "meaning")),
 )
+# The deep-recall world's meaning questions alone: what a deep-recall model is scored on for headroom (`quality.py
+# --world`). On the selection split, GPTQ W2 cost the text answers (the meaning answers' first four tokens) 1.8
+# points and the position answers none, the meaning answers 15.6 (benchmarks/results/quality/deep-recall-select).
+DEEP_MEANING_STAGES = DEEP_RECALL_STAGES[:3] + (replace(DEEP_RECALL_STAGES[3], kinds=("meaning",)),)
 # 224 px = 8x8 merged 28 px patches = 64 image tokens, about twice a caption conversation's text tokens.
 DEFAULT_IMAGE_SIZE = 224
 # The deep worlds' images: 392 px = 14x14 = 196 image tokens, about five times a caption's text tokens.
@@ -128,6 +132,7 @@ WORLDS = {
     "synthvlm-facts": World(SYNTHVLM_FACTS_STAGES, VOCAB + FACT_WORDS),
     "deep-facts": World(DEEP_FACTS_STAGES, VOCAB + FACT_WORDS, DEEP_IMAGE_SIZE),
     "deep-recall": World(DEEP_RECALL_STAGES, VOCAB + FACT_WORDS, DEEP_IMAGE_SIZE),
+    "deep-meaning": World(DEEP_MEANING_STAGES, VOCAB + FACT_WORDS, DEEP_IMAGE_SIZE),
 }
 DEFAULT_WORLD = "synthvlm"
 # Colours the name list adds that no object has, so the list alone does not give the answer away.

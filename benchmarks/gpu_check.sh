@@ -38,6 +38,10 @@
 #   probe      tools/headroom_probe.py on the export (GPTQ's room at W2/W3)            -> headroom.md
 # TRAIN_PRESET=facts (or recall) trains 9.9 min on an H200 (results/gpu/run3), past one call's 10-minute limit:
 # two calls on the warm machine: TRAIN_MINUTES=6, then TRAIN_MINUTES=11 (it resumes and finishes the recipe).
+# The machine is released after 30 s idle, and the checkpoint with it: where the second call finds a fresh machine,
+# carry the first call's export (untarred, e.g. runs/gpu-init/recall-model) and continue from it in the final stage
+# with TRAIN_ARGS (extra flags for the train step; results/gpu/run4 did this): TRAIN_ARGS='--init-from
+# runs/gpu-init/recall-model --init-stage 4 --text-steps 0 --warmup 20' (with a new optimizer: not the recipe exactly).
 #
 #   benchmarks/gpu_check.sh --text-lm [--dry-run] [OUT_DIR]  # issue 15: the text-only LM reference, trained longer
 #
@@ -156,8 +160,9 @@ if [ $TRAIN = 1 ]; then
     # In the work tree's ignored runs/: a second call on the still-warm machine resumes from its checkpoint
     # (give it a larger TRAIN_MINUTES: the budget counts the run's whole training time)
     RUN=runs/gpu-train/$PRESET
+    read -ra EXTRA <<< "${TRAIN_ARGS:-}"
     run_or_check train - $(( MINUTES * 60 + 90 )) -- tools/train_synthvlm.py --preset "$PRESET" --device cuda \
-        --data-workers 12 --threads 4 --max-minutes "$MINUTES" --out "$RUN" --export "$RUN-model"
+        --data-workers 12 --threads 4 --max-minutes "$MINUTES" --out "$RUN" --export "$RUN-model" "${EXTRA[@]}"
     if [ $DRY_RUN = 0 ]; then
         cp "$RUN/log.jsonl" "$OUT/train_log.jsonl"
         [ -d "$RUN-model" ] && tar -cf "$OUT/$PRESET-model.tar" -C "$(dirname "$RUN")" "$PRESET-model"

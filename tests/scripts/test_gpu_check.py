@@ -76,3 +76,14 @@ def test_checker_fails_a_script_that_never_parses(tmp_path):
     script.write_text("print('ran')\n")
     done = _check(str(script))
     assert done.returncode == 1 and "without parsing" in done.stderr
+
+
+def test_train_args_reach_the_train_step_and_a_bad_one_fails_it(tmp_path):
+    env = {**os.environ, "PYTHON": sys.executable, "TRAIN_ARGS": "--init-stage 4 --text-steps 0"}
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--train", "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0 and "--init-stage 4 --text-steps 0" in done.stdout, done.stderr[-3000:]
+    env["TRAIN_ARGS"] = "--init-stage nine"
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--train", "--dry-run", str(tmp_path)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode != 0 and "| train | failed" in (tmp_path / "steps.md").read_text()

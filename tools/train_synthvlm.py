@@ -111,6 +111,12 @@ PRESETS["facts"] = dict(PRESETS["deep"], world="deep-facts", text_vocab=4000, te
 # the facts recipe with the deep-recall world's final stage (position, text and meaning questions only, a text in
 # every image): on the facts model, colour and shape answers never flipped under rounding (TRAINING.md)
 PRESETS["recall"] = dict(PRESETS["facts"], world="deep-recall", out="runs/recall")
+# the shipped synthvlm-recall: a facts export (the facts recipe, 9.9 min on one H200) fine-tuned into the deep-recall
+# world's final stage, `--preset recall-ft --init-from <facts export>` (48 min on 2 CPU cores; tools/TRAINING.md). Its
+# meanings learned in 400 steps at a quarter of the learning rate: the recall recipe run longer gave a model that
+# GPTQ hurt less (benchmarks/results/quality/deep-recall-gpu-select)
+PRESETS["recall-ft"] = dict(PRESETS["recall"], init_stage=4, text_steps=0, lr=5e-4, warmup=20, final_steps=400,
+                            eval_every=50, out="runs/recall-ft")
 
 
 def parse_args(argv=None):
@@ -120,7 +126,8 @@ def parse_args(argv=None):
                         "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world; "
                         "faint: deep's recipe in the faint world; facts: deep's recipe in the deep-facts world, with "
                         "a language model of real text that learns the world's facts from text; recall: facts' recipe in the "
-                        "deep-recall world)")
+                        "deep-recall world; recall-ft: the shipped synthvlm-recall, a facts export given by --init-from "
+                        "fine-tuned into the deep-recall world)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
                    help="which synthetic world to learn (its final stage is the evaluation distribution; "
                         "world/scene.py says what each is)")
@@ -242,6 +249,9 @@ def parse_args(argv=None):
     if args.init_from and not (Path(args.init_from).is_file() or (Path(args.init_from) / EXPORTED_WEIGHTS).is_file()):
         raise SystemExit(f"--init-from {args.init_from}: no such checkpoint file or exported model; give a run's "
                          f"OUT/ckpt.pt or a folder holding {EXPORTED_WEIGHTS}")
+    if args.init_stage != 1 and not args.init_from:
+        raise SystemExit(f"--init-stage {args.init_stage} (from the {args.preset} preset or given) starts a run from "
+                         f"trained weights: give --init-from with a checkpoint or an exported model")
     if not 1 <= args.init_stage <= final_stage(args.world):
         raise SystemExit(f"--init-stage {args.init_stage}: the {args.world} world has stages 1..{final_stage(args.world)}")
     return args

@@ -79,10 +79,10 @@ def test_checker_fails_a_script_that_never_parses(tmp_path):
 
 
 def test_train_args_reach_the_train_step_and_a_bad_one_fails_it(tmp_path):
-    env = {**os.environ, "PYTHON": sys.executable, "TRAIN_ARGS": "--init-stage 4 --text-steps 0"}
+    env = {**os.environ, "PYTHON": sys.executable, "TRAIN_ARGS": "--text-steps 0 --final-steps 850"}
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--train", "--dry-run", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env)
-    assert done.returncode == 0 and "--init-stage 4 --text-steps 0" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0 and "--text-steps 0 --final-steps 850" in done.stdout, done.stderr[-3000:]
     env["TRAIN_ARGS"] = "--init-stage nine"
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_check.sh"), "--train", "--dry-run", str(tmp_path)],
                           capture_output=True, text=True, timeout=600, env=env)

@@ -261,7 +261,8 @@ def test_names_run_options_that_cannot_work_are_refused_before_training(tmp_path
     with pytest.raises(SystemExit, match="no such checkpoint"):
         train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-from", str(tmp_path / "missing.pt")])
     with pytest.raises(SystemExit, match="has stages 1..5"):
-        train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-stage", "6"])
+        train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-from", str(evaluation.synthvlm_dir()),
+                                          "--init-stage", "6"])
     assert not out.exists()
     wide = train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused", "--hidden", "32"])
     narrow, _ = train_synthvlm.build_fresh_model(train_synthvlm.parse_args(NAMES_TINY + ["--out", "unused"]))
@@ -312,7 +313,7 @@ def test_copy_readout_reads_the_copy_layer_through_the_output_rows_and_trains_wh
 def test_copy_readout_is_logged_only_when_asked_and_refused_without_the_copy_hop(tmp_path):
     for readout in ("0", "1"):
         out = tmp_path / f"run{readout}"
-        assert train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--init-stage", "4", "--batch-size", "8",
+        assert train_synthvlm.main(NAMES_TINY + ["--out", str(out), "--batch-size", "8",
                                                  "--copy-readout", readout]) == 0
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         values = [entry["copy_readout_loss"] for entry in log if "copy_readout_loss" in entry]
@@ -545,6 +546,17 @@ def test_a_facts_run_logs_its_fact_loss_and_reads_only_the_spelled_glyphs(tmp_pa
     assert meaning_rows
     for i in meaning_rows:  # "9 6 A means w0412": the three glyphs are read from the image, the rest recalled
         assert (read[:, 0] == i).sum() == 3
+
+
+def test_the_recall_ft_preset_fine_tunes_a_given_export_and_refuses_to_start_without_one(tmp_path):
+    with pytest.raises(SystemExit, match="--init-stage 4 .* give --init-from"):
+        train_synthvlm.parse_args(["--preset", "recall-ft"])  # it would train from scratch with no text steps
+    export = str(evaluation.synthvlm_dir("synthvlm-recall"))  # any exported model: parse_args only checks it is one
+    args = vars(train_synthvlm.parse_args(["--preset", "recall-ft", "--init-from", export]))
+    recall = vars(train_synthvlm.parse_args(["--preset", "recall"]))
+    assert {k: args[k] for k in args if args[k] != recall[k]} == {
+        "preset": "recall-ft", "init_from": export, "init_stage": 4, "text_steps": 0, "lr": 5e-4,
+        "warmup": 20, "final_steps": 400, "eval_every": 50, "out": "runs/recall-ft"}
 
 
 def test_the_recall_preset_is_the_facts_recipe_in_the_recall_world():

@@ -34,7 +34,9 @@ class Bar:
 
 
 # synthvlm: issue 4's bar (it scores 0.941 on these 136 questions and loses 5 at W2 g128)
-BARS = {"synthvlm": Bar(fp_floor=0.9, w2_net_loss=3)}
+# synthvlm-recall: 0.933 on these 120 questions, 0.033 over blank images, 16 lost net at W2 g128 (meaning answers
+# 0.925 -> 0.65), none at W8
+BARS = {"synthvlm": Bar(fp_floor=0.9, w2_net_loss=3), "synthvlm-recall": Bar(fp_floor=0.9, w2_net_loss=10)}
 
 
 @pytest.fixture(scope="module", params=evaluation.SHIPPED_MODELS)
@@ -177,7 +179,7 @@ def test_teacher_forced_exact_match_agrees_with_greedy_generation(fp, samples, f
         prompt = processor.apply_chat_template([user_turn(q.image, q.qa.question)], tokenize=False,
                                                add_generation_prompt=True)
         enc = processor(text=[prompt], images=[q.image], return_tensors="pt")
-        out = model.generate(**enc, max_new_tokens=6, do_sample=False)
+        out = model.generate(**enc, max_new_tokens=len(q.qa.answer.split()) + 1, do_sample=False)  # + <|im_end|>
         answer = processor.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=False)
         assert (answer == f"{q.qa.answer} <|im_end|>") == hit, (q.qa, answer)
 

@@ -28,9 +28,10 @@ DEFAULT_BATCH_SIZE = 32
 ARCHITECTURE_FIELDS = ("model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                        "num_attention_heads", "num_key_value_heads", "synth_world")
 # The project's own trained VLMs, shipped as package data (tools/TRAINING.md): "synthvlm" (4 layers, 64 image
-# tokens). The deep preset's model joins as "synthvlm-deep" once it passes the headroom test (issue 15).
+# tokens) and "synthvlm-recall" (8 layers, 196 image tokens, a table of 8,192 facts: the headroom yardstick, scored
+# with `benchmarks/quality.py --model synthvlm-recall --world deep-meaning`; issue 15).
 ASSETS = Path(__file__).resolve().parent / "assets"
-SHIPPED_MODELS = ("synthvlm",)
+SHIPPED_MODELS = ("synthvlm", "synthvlm-recall")
 
 
 def has_synthvlm(name: str = "synthvlm") -> bool:

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from vlmq_gptqmodel import glue
+from vlmq_gptqmodel.synth.evaluation import SHIPPED_MODELS
 
 PROBE = "import os, vlmq_gptqmodel; print(os.environ.get('GPTQMODEL_CPU_WORKERS'))"
 
@@ -57,7 +58,7 @@ def test_gptqmodel_quantize_is_wrapped_once():
 
 @pytest.mark.slow
 def test_the_wheel_ships_the_trained_model(tmp_path):
-    """`pip install` (not only an editable install) must bring the synthetic-world VLM along as package data."""
+    """`pip install` (not only an editable install) must bring every shipped synthetic-world VLM as package data."""
     import shutil
     import zipfile
 
@@ -71,7 +72,7 @@ def test_the_wheel_ships_the_trained_model(tmp_path):
                     str(tmp_path), str(source)], check=True, capture_output=True)
     (wheel,) = tmp_path.glob("vlmq_gptqmodel-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
-    assets = "vlmq_gptqmodel/synth/assets/synthvlm/"
     expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "processor_config.json",
                 "chat_template.jinja"}
-    assert {assets + name for name in expected} <= names
+    for model in SHIPPED_MODELS:
+        assert {f"vlmq_gptqmodel/synth/assets/{model}/{name}" for name in expected} <= names, model

@@ -39,7 +39,7 @@ import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
 from vlmq_gptqmodel.errors import BadInput
 from vlmq_gptqmodel.families import family_of
 from vlmq_gptqmodel.synth.compare import layer_output_errors_by
-from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
+from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.synth.dequantized import load_dequantized
 from vlmq_gptqmodel.synth.evaluation import (
     encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model,
@@ -84,6 +84,8 @@ def ablations(base: VLMQConfig) -> dict:
         # not in the paper: gradient G rests on a few percent of the tokens (benchmarks/token_importance.py);
         # a floor on g keeps every token in the Hessian
         "min_weight=0.3 (floored G)": replace(base, min_weight=0.3),
+        # not in the paper either: the MLP projections token-weighted too, g from the MLP block
+        "targets=+MLP (gate/up/down weighted)": replace(base, targets=PROJECTIONS),
     }
     for ratio in (0.25, 0.5, 0.75):
         for factor in (0.01, 0.05, 0.1):
@@ -222,7 +224,7 @@ def summarize_g(report) -> dict | None:
     ratios = [s["vision_mean"] / s["text_mean"] for r in layers for s in r["projections"].values()
               if s["vision_mean"] is not None and s["text_mean"]]
     ess = {p: statistics.mean(r["projections"][p]["effective_tokens"] for r in layers)
-           for p in ATTENTION_PROJECTIONS if layers and p in layers[0]["projections"]}
+           for p in PROJECTIONS if layers and p in layers[0]["projections"]}
     return {"vision_over_text": statistics.mean(ratios) if ratios else None,
             "effective_tokens": ess, "tokens": layers[0]["projections"][next(iter(ess))]["tokens"] if ess else None,
             "fallbacks": sum(1 for r in report if r["policy"] and "fallback" in r["policy"])}
@@ -458,6 +460,8 @@ def parse_args(argv=None):
     p.add_argument("--ablation-settings", default="w2g128")
     p.add_argument("--ablation-seeds", default="0,1,2")
     p.add_argument("--ablation-precursor", choices=("gptq", "gptaq"), default="gptaq")
+    p.add_argument("--ablation-variants", default=None,
+                   help="semicolon-separated subset of the ablations (their labels hold commas; default: all)")
     p.add_argument("--study-settings", default="w2g128")
     p.add_argument("--study-seeds", default="0,1,2")
     p.add_argument("--study-scope", choices=tuple(STUDY_PARTS), default="attention-only",
@@ -487,6 +491,10 @@ def parse_args(argv=None):
         args.study_variants = [v for v in args.study_variants.split(",") if v]
         if not args.study_variants or set(args.study_variants) - set(gptaq_study()):
             raise SystemExit(f"--study-variants: give a comma-separated subset of {tuple(gptaq_study())}")
+    if args.ablation_variants is not None:
+        args.ablation_variants = [v for v in args.ablation_variants.split(";") if v]
+        if not args.ablation_variants or set(args.ablation_variants) - set(ablations(VLMQConfig())):
+            raise SystemExit(f"--ablation-variants: give a semicolon-separated subset of {tuple(ablations(VLMQConfig()))}")
     args.methods = [m for m in args.methods.split(",") if m]
     args.engine_methods = [m for m in args.engine_methods.split(",") if m]
     for flag, methods in (("--methods", args.methods), ("--engine-methods", args.engine_methods)):
@@ -513,7 +521,8 @@ def main(argv=None) -> None:
     attn_seeds = parse_ints(args.attention_seeds, "attention-seeds") if args.attention_seeds else seeds
     bench = Bench(args)
     methods = {label: MAIN[label] for label in args.methods}
-    abl = ablations(VLMQConfig(precursor=args.ablation_precursor))
+    abl = {name: cfg for name, cfg in ablations(VLMQConfig(precursor=args.ablation_precursor)).items()
+           if args.ablation_variants is None or name in args.ablation_variants}
     study = {name: spec for name, spec in gptaq_study().items()
              if args.study_variants is None or name in args.study_variants}
     if "main" in args.parts:

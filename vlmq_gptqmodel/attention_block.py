@@ -15,24 +15,21 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import torch
 from torch import nn
 
-from .config import GRADIENT_PATHS
+from .config import ATTENTION_PROJECTIONS, GRADIENT_PATHS
 from .families import QWEN_VL, Family
 
 Tensor = torch.Tensor
 Projections = Tuple[str, ...]
 
 
-class AttentionBlock(nn.Module):
-    """y = x + Attn(Norm(x)); records the outputs of the named projections while `recording`."""
+class RecordingBlock(nn.Module):
+    """A block that records the outputs of its named projections while `recording` (the z of Eq. 4)."""
 
-    def __init__(self, norm: nn.Module, attn: nn.Module):
-        super().__init__()
-        self.norm = norm
-        self.attn = attn
+    def watch(self, projections: Dict[str, nn.Module]) -> None:
         self.recorded: Dict[str, Tensor] = {}
         self._record: Projections = ()
-        for name in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            getattr(attn, name).register_forward_hook(self._hook_for(name))
+        for name, module in projections.items():
+            module.register_forward_hook(self._hook_for(name))
 
     def _hook_for(self, name: str) -> Callable:
         def hook(module, args, output):
@@ -47,6 +44,16 @@ class AttentionBlock(nn.Module):
             yield self.recorded
         finally:
             self._record = ()
+
+
+class AttentionBlock(RecordingBlock):
+    """y = x + Attn(Norm(x))."""
+
+    def __init__(self, norm: nn.Module, attn: nn.Module):
+        super().__init__()
+        self.norm = norm
+        self.attn = attn
+        self.watch({name: getattr(attn, name) for name in ATTENTION_PROJECTIONS})
 
     def forward(self, x: Tensor, mask: Tensor, position_embeddings) -> Tensor:
         out = self.attn(hidden_states=self.norm(x), attention_mask=mask, position_embeddings=position_embeddings)
@@ -104,13 +111,13 @@ def causal_mask(batch: int, seq: int, device: torch.device, keep: Optional[Tenso
 
 
 def block_gradients(
-    block: AttentionBlock,
+    block: RecordingBlock,
     x_fp: Tensor,
     x_q: Tensor,
     mask: Tensor,
     position_embeddings,
     names: Projections,
-    quant_block: Optional[AttentionBlock] = None,
+    quant_block: Optional[RecordingBlock] = None,
     at: str = "quantized",
 ) -> Dict[str, Tensor]:
     """dL/dz for each named projection output z, with L = || block(x_fp) - quant_block(x_q) ||^2 (paper
@@ -133,13 +140,13 @@ def block_gradients(
 
 
 def projection_errors(
-    block: AttentionBlock,
+    block: RecordingBlock,
     x_fp: Tensor,
     x_q: Tensor,
     mask: Tensor,
     position_embeddings,
     names: Projections,
-    quant_block: Optional[AttentionBlock] = None,
+    quant_block: Optional[RecordingBlock] = None,
 ) -> Dict[str, Tensor]:
     """z_hat - z for each named projection, z from block(x_fp) and z_hat from quant_block(x_q): the
     gradient of the layer-wise loss 0.5 * ||z_hat - z||^2 w.r.t. z_hat (paper Table 7's ablation)."""

@@ -22,6 +22,7 @@ from .config import (
     LAYER0_POLICIES,
     NORMS,
     PRECURSORS,
+    PROJECTIONS,
     RESIDUALS,
     VLMQConfig,
 )
@@ -98,7 +99,9 @@ def add_run_flags(q) -> None:
     q.add_argument("--importance", choices=IMPORTANCE_SOURCES, default="gradient")
     q.add_argument("--granularity", choices=GRANULARITIES, default="block")
     q.add_argument("--norm", choices=NORMS, default="l1")
-    q.add_argument("--targets", default=",".join(ATTENTION_PROJECTIONS), help="comma-separated projections")
+    q.add_argument("--targets", default=",".join(ATTENTION_PROJECTIONS),
+                   help=f"comma-separated projections, of {','.join(PROJECTIONS)} (the paper weights q/k/v/o; the MLP's "
+                        "are this project's extension, off by default)")
     q.add_argument("--layer0", choices=LAYER0_POLICIES, default="uniform")
     q.add_argument("--min-weight", type=float, default=1e-3)
     q.add_argument("--residual", choices=RESIDUALS, default="weighted",
@@ -135,7 +138,7 @@ def add_inspect_command(subparsers) -> None:
     i.add_argument("--answer", default=None, help="the assistant's reply: a calibration sample is a conversation")
     i.add_argument("--layer", type=int, default=None,
                    help="decoder layer (default: the middle one; layer 0's G is uniform under --layer0 uniform)")
-    i.add_argument("--projection", choices=ATTENTION_PROJECTIONS, default=None,
+    i.add_argument("--projection", choices=PROJECTIONS, default=None,
                    help="whose G to draw (default: the first of --targets)")
     i.add_argument("--out", required=True, help="the PNG to write")
     i.add_argument("--overwrite", action="store_true", help="replace an existing --out")

@@ -9,6 +9,10 @@ from typing import Tuple
 from .errors import BadInput
 
 ATTENTION_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj")
+# not in the paper (its MLPs keep the plain Hessian): the MLP projections may be targets too, their g taken
+# from the MLP block (post-attention norm + MLP + residual) the way the attention's is from the attention block
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+PROJECTIONS = ATTENTION_PROJECTIONS + MLP_PROJECTIONS
 
 # importance sources: the paper's method and the baselines of its ablations (Tables 5, 6)
 IMPORTANCE_SOURCES = (
@@ -33,14 +37,16 @@ GRADIENT_PATHS = ("quantized", "fp")
 
 @dataclass
 class VLMQConfig:
-    """How VLMQ weights calibration tokens in the q/k/v/o Hessians.
+    """How VLMQ weights calibration tokens in the Hessians of its target projections (q/k/v/o by default).
 
     importance:  where g_n comes from (see IMPORTANCE_SOURCES).
     granularity: loss whose gradient gives g: "block" (paper) or "layer" (ablation, Table 7).
     norm:        reduction of the gradient over output channels: "l1" (mean |.|, paper default)
                  or "l2" (root mean square; the paper's LLaVA-OneVision variant).
-    targets:     which attention projections get a token-weighted Hessian; the others, and the MLP,
-                 keep the precursor's plain Hessian.
+    targets:     which projections get a token-weighted Hessian; the others keep the precursor's plain
+                 Hessian. The paper weights q/k/v/o (the default); adding gate/up/down (MLP_PROJECTIONS) is
+                 this project's extension: their g comes from the MLP block's loss
+                 |MLP(Y) - MLP(Y_hat)|^2, with Y, Y_hat the attention block's outputs on X, X_hat.
     precursor:   "gptaq" (asymmetric term weighted too: dXXT = (X_fp - X) G^2 X^T) or "gptq"
                  (the paper's choice at INT2).
     layer0:      layer 0 sees X_hat == X so dL/dz == 0. "uniform": quantize it with G = I;
@@ -103,9 +109,9 @@ def _one_of(name: str, value, allowed) -> None:
 
 def _targets(targets) -> Tuple[str, ...]:
     targets = (targets,) if isinstance(targets, str) else tuple(targets) if isinstance(targets, (list, tuple)) else None
-    if not targets or any(t not in ATTENTION_PROJECTIONS for t in targets) or len(set(targets)) != len(targets):
+    if not targets or any(t not in PROJECTIONS for t in targets) or len(set(targets)) != len(targets):
         raise BadInput(
-            f"VLMQConfig.targets={targets!r}: each target must be one of {ATTENTION_PROJECTIONS}, at most once, "
+            f"VLMQConfig.targets={targets!r}: each target must be one of {PROJECTIONS}, at most once, "
             f"and at least one is needed (to quantize without token weighting use method='gptq')."
         )
     return targets

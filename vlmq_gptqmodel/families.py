@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
+from .config import ATTENTION_PROJECTIONS, MLP_PROJECTIONS
 from .errors import BadInput
 
 
@@ -22,6 +23,8 @@ class Family:
     decoder_layers_path: str = "model.language_model.layers"
     attention: str = "self_attn"          # a decoder layer's self-attention module
     input_norm: str = "input_layernorm"   # the norm in front of it
+    mlp: str = "mlp"                      # a decoder layer's gated MLP: down(act(gate(x)) * up(x))
+    post_attention_norm: str = "post_attention_layernorm"  # the norm in front of the MLP
     vision_token_fields: Tuple[str, ...] = ("image_token_id", "video_token_id")  # the image's first
     # the paper's maximum calibration sequence length for the family (tokens); samples whose vision
     # segment would be cut by it are dropped (calibration.fit_to_length)
@@ -45,11 +48,13 @@ class Family:
         """The id of the placeholder token that carries an image's features."""
         return getattr(config, self.vision_token_fields[0])
 
-    def attention_projection(self, module_name: str, projections: Tuple[str, ...]):
-        """'self_attn.q_proj' (a name inside a decoder layer) -> 'q_proj' if it is one of `projections`."""
-        prefix = self.attention + "."
-        if module_name.startswith(prefix) and module_name[len(prefix):] in projections:
-            return module_name[len(prefix):]
+    def projection(self, module_name: str):
+        """'self_attn.q_proj' or 'mlp.up_proj' (a name inside a decoder layer) -> 'q_proj' / 'up_proj';
+        None for any other module."""
+        for block, names in ((self.attention, ATTENTION_PROJECTIONS), (self.mlp, MLP_PROJECTIONS)):
+            name = module_name.removeprefix(block + ".")
+            if name != module_name and name in names:
+                return name
         return None
 
 

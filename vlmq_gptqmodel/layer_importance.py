@@ -1,4 +1,4 @@
-"""Per-layer token weights G for the attention projections (Algorithm 1, lines 1-2).
+"""Per-layer token weights G for the target projections (Algorithm 1, lines 1-2).
 
 Called once per decoder layer, before any of its linears is quantized, with the layer's
 full-precision input stream X and the quantized-path input stream X_hat. Knows nothing about
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .attention_block import block_gradients, causal_mask, copy_attention_block, projection_errors
-from .config import VLMQConfig
+from .config import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, VLMQConfig
 from .families import QWEN_VL, Family
 from .importance import (
     DegenerateImportance,
@@ -25,6 +25,7 @@ from .importance import (
     summarize,
     token_factors,
 )
+from .mlp_block import copy_mlp_block
 
 Tensor = torch.Tensor
 
@@ -92,20 +93,29 @@ def _raw_factors(cfg, layer, layer_index, streams, device, report, rtn_weight_tr
     if no_signal and cfg.layer0 == "uniform":
         report["policy"] = "uniform (X_hat == X)"
         return {n: _uniform(streams) for n in names}
+    attn_names = [n for n in names if n in ATTENTION_PROJECTIONS]
+    mlp_names = [n for n in names if n in MLP_PROJECTIONS]
     block = copy_attention_block(layer, device, family=family)
-    probe = None
+    mlp = copy_mlp_block(layer, device, family=family) if mlp_names else None
+    probe = mlp_probe = None
     if no_signal:  # layer0 == "rtn_probe"
         if rtn_weight_transform is None:
             raise ValueError("layer0='rtn_probe' needs a round-to-nearest weight transform")
         report["policy"] = "rtn_probe (X_hat == X)"
         probe = copy_attention_block(layer, device, weight_transform=rtn_weight_transform, family=family)
+        if mlp_names:
+            mlp_probe = copy_mlp_block(layer, device, weight_transform=rtn_weight_transform, family=family)
     loss_gradient = partial(block_gradients, at=cfg.gradient_at) if cfg.granularity == "block" else projection_errors
     out: Dict[str, List[Tensor]] = {n: [] for n in names}
     for b in range(len(streams.quant)):
         x_fp, mask, pe = _batch(streams, b, device, quant=False)
         # the probe feeds the same X through round-to-nearest weights instead of a different X_hat
         x_q = x_fp if probe is not None else _fp32_copy(streams.quant[b], device)
-        grads = loss_gradient(block, x_fp, x_q, mask, pe, names, quant_block=probe)
+        grads = loss_gradient(block, x_fp, x_q, mask, pe, attn_names, quant_block=probe) if attn_names else {}
+        if mlp_names:  # the MLP block's inputs: the attention block's outputs on both paths
+            with torch.no_grad():
+                y_fp, y_q = block(x_fp, mask, pe), (block if probe is None else probe)(x_q, mask, pe)
+            grads.update(loss_gradient(mlp, y_fp, y_q, None, None, mlp_names, quant_block=mlp_probe))
         for n in names:
             out[n].append(token_factors(grads[n], cfg.norm).cpu())
     return out

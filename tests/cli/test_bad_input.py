@@ -14,6 +14,7 @@ from vlmq_gptqmodel.errors import BadInput
 @pytest.mark.parametrize("kwargs, message", [
     ({"targets": ("q_proj", "q_proj")}, "at most once"),
     ({"targets": 5}, "targets"),
+    ({"targets": ("q_proj", "fc1")}, "must be one of ('q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj')"),
     ({"seed": "abc"}, "seed='abc': must be an int"),
     ({"seed": 1.5}, "must be an int"),
     ({"min_weight": "0.1"}, "min_weight='0.1'"),

@@ -71,7 +71,7 @@ def test_a_failed_run_leaves_no_output_directory(tiny_vlm, calib_file, tmp_path,
 def test_missing_arguments_and_bad_settings_are_named(tiny_vlm, calib_file, tmp_path, capsys):
     assert cli.main(["quantize", "--model", str(tiny_vlm("qwen2_vl")), "--out", str(tmp_path / "x")]) == 2
     assert "--calib" in capsys.readouterr().err
-    assert cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, tmp_path / "y", "--targets", "q_proj,gate_proj")) == 2
+    assert cli.main(_args(tiny_vlm("qwen2_vl"), calib_file, tmp_path / "y", "--targets", "q_proj,fc1")) == 2
     assert "targets" in capsys.readouterr().err
     assert cli.main(_args(tmp_path, calib_file, tmp_path / "z")) == 2
     assert "config.json" in capsys.readouterr().err

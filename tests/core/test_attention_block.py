@@ -1,11 +1,15 @@
-"""Block-wise gradients and the per-layer importance policies on a real (tiny) Qwen2-VL decoder layer."""
+"""Block-wise gradients and the per-layer importance policies on a real (tiny) Qwen2-VL decoder layer: the
+paper's attention block, and the MLP block of this project's MLP targets."""
 import pytest
 import torch
+from torch import nn
 from transformers import AutoModelForImageTextToText
 
 from vlmq_gptqmodel.attention_block import block_gradients, causal_mask, copy_attention_block, projection_errors
-from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
+from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS, VLMQConfig
+from vlmq_gptqmodel.importance import normalize_factors, token_factors
 from vlmq_gptqmodel.layer_importance import LayerStreams, layer_importance
+from vlmq_gptqmodel.mlp_block import copy_mlp_block
 
 S = 9
 
@@ -169,3 +173,97 @@ def test_layerwise_granularity_weights_differ_from_blockwise(layer_and_inputs):
     block, _ = layer_importance(VLMQConfig(granularity="block"), layer, 1, _streams(x, x_hat, pe), torch.device("cpu"))
     lw, _ = layer_importance(VLMQConfig(granularity="layer"), layer, 1, _streams(x, x_hat, pe), torch.device("cpu"))
     assert not torch.allclose(block["o_proj"][0], lw["o_proj"][0], rtol=1e-2)
+
+
+def test_copied_mlp_block_reproduces_the_live_mlp(layer_and_inputs):
+    layer, x, _, _ = layer_and_inputs
+    with torch.no_grad():
+        live = x + layer.mlp(layer.post_attention_layernorm(x))
+        mine = copy_mlp_block(layer, torch.device("cpu"))(x)
+    assert torch.allclose(live, mine, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", MLP_PROJECTIONS)
+def test_mlp_block_gradient_matches_finite_differences(layer_and_inputs, name):
+    layer, x, x_hat, _ = layer_and_inputs
+    block = copy_mlp_block(layer, torch.device("cpu")).double()
+    y, y_hat = x.double(), x_hat.double()
+    grad = block_gradients(block, y, y_hat, None, None, (name,))[name]
+    direction = torch.randn(grad.shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+
+    with torch.no_grad():
+        fixed = block(y)
+    eps = 1e-4
+
+    def shifted(delta):  # the loss with the quantized path's z_name moved by delta
+        handle = getattr(block, name).register_forward_hook(lambda m, a, out: out + delta)
+        try:
+            with torch.no_grad():
+                return (block(y_hat) - fixed).pow(2).sum().item()
+        finally:
+            handle.remove()
+
+    numeric = (shifted(eps * direction) - shifted(-eps * direction)) / (2 * eps)
+    analytic = (grad * direction).sum().item()
+    assert analytic == pytest.approx(numeric, rel=1e-4, abs=1e-8) and abs(analytic) > 1e-6
+
+
+def test_down_proj_gradient_is_twice_the_block_output_error(layer_and_inputs):
+    """down_proj's output reaches the loss through the residual sum alone: dL/dz = 2 (out_hat - out)."""
+    layer, x, x_hat, _ = layer_and_inputs
+    block = copy_mlp_block(layer, torch.device("cpu"))
+    grad = block_gradients(block, x, x_hat, None, None, ("down_proj",))["down_proj"]
+    with torch.no_grad():
+        expected = 2 * (block(x_hat) - block(x))
+    assert torch.allclose(grad, expected, atol=1e-5)
+    err = projection_errors(block, x, x_hat, None, None, ("up_proj",))["up_proj"]
+    with torch.no_grad():
+        up = layer.mlp.up_proj
+        assert torch.allclose(err, up(layer.post_attention_layernorm(x_hat)) - up(layer.post_attention_layernorm(x)),
+                              atol=1e-5)
+
+
+def test_mlp_targets_take_g_from_the_mlp_block_on_the_attention_outputs(layer_and_inputs):
+    layer, x, x_hat, pe = layer_and_inputs
+    cfg = VLMQConfig(targets=PROJECTIONS, min_weight=0.0)
+    weights, report = layer_importance(cfg, layer, 1, _streams(x, x_hat, pe), torch.device("cpu"))
+    assert report["policy"] is None and set(report["projections"]) == set(PROJECTIONS)
+    attn = copy_attention_block(layer, torch.device("cpu"))
+    mask = causal_mask(1, S, torch.device("cpu"))
+    with torch.no_grad():
+        y, y_hat = attn(x, mask, pe), attn(x_hat, mask, pe)
+    grads = block_gradients(copy_mlp_block(layer, torch.device("cpu")), y, y_hat, None, None, MLP_PROJECTIONS)
+    for name in MLP_PROJECTIONS:
+        expected = normalize_factors([token_factors(grads[name])])[0]
+        assert torch.allclose(weights[name][0], expected, rtol=1e-4), name
+    # adding the MLP targets leaves the attention projections' g as the paper's method computes it
+    paper, _ = layer_importance(VLMQConfig(min_weight=0.0), layer, 1, _streams(x, x_hat, pe), torch.device("cpu"))
+    assert all(torch.equal(weights[n][0], paper[n][0]) for n in ATTENTION_PROJECTIONS)
+    assert not torch.allclose(weights["up_proj"][0], weights["down_proj"][0], rtol=1e-2)
+
+
+def test_mlp_targets_alone_need_no_attention_target(layer_and_inputs):
+    layer, x, x_hat, pe = layer_and_inputs
+    weights, _ = layer_importance(VLMQConfig(targets=("down_proj",)), layer, 1, _streams(x, x_hat, pe),
+                                 torch.device("cpu"))
+    assert set(weights) == {"down_proj"} and weights["down_proj"][0].std() > 0.01
+
+
+def test_layer0_rtn_probe_weights_the_mlp_too(layer_and_inputs):
+    layer, x, _, pe = layer_and_inputs
+
+    def rtn(_name, w):
+        return torch.sign(w) * w.abs().mean()
+
+    weights, report = layer_importance(VLMQConfig(layer0="rtn_probe", targets=PROJECTIONS), layer, 0,
+                                       _streams(x, x, pe), torch.device("cpu"), rtn_weight_transform=rtn)
+    assert report["policy"].startswith("rtn_probe")
+    assert torch.all(weights["gate_proj"][0] > 0) and weights["gate_proj"][0].std() > 0.01
+
+
+def test_an_mlp_without_gate_up_down_is_refused_with_the_fix():
+    layer = nn.Module()
+    layer.mlp = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 4))
+    layer.post_attention_layernorm = nn.LayerNorm(4)
+    with pytest.raises(ValueError, match="leave them out of VLMQConfig.targets"):
+        copy_mlp_block(layer, torch.device("cpu"))

@@ -9,6 +9,7 @@ from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.errors import BadInput
 from vlmq_gptqmodel.families import FAMILIES, LLAVA_ONEVISION, QWEN_VL, SUPPORTED_MODEL_TYPES, family_of
 from vlmq_gptqmodel.layer_importance import LayerStreams, layer_importance
+from vlmq_gptqmodel.mlp_block import copy_mlp_block
 
 S = 11
 
@@ -27,8 +28,11 @@ def test_llava_onevision_vision_ids_come_from_the_token_index_fields():
 
     cfg = LlavaOnevisionConfig(image_token_index=7, video_token_index=9)
     assert LLAVA_ONEVISION.vision_token_ids(cfg) == [7, 9]
-    assert LLAVA_ONEVISION.attention_projection("self_attn.o_proj", ATTENTION_PROJECTIONS) == "o_proj"
-    assert LLAVA_ONEVISION.attention_projection("mlp.down_proj", ATTENTION_PROJECTIONS) is None
+    assert LLAVA_ONEVISION.projection("self_attn.o_proj") == "o_proj"
+    assert LLAVA_ONEVISION.projection("mlp.down_proj") == "down_proj"
+    assert LLAVA_ONEVISION.projection("self_attn.down_proj") is None  # each block names only its own
+    assert LLAVA_ONEVISION.projection("mlp.q_proj") is None
+    assert LLAVA_ONEVISION.projection("mlp") is None
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +58,14 @@ def test_copied_block_reproduces_the_qwen2_attention_of_llava_onevision(ov_layer
     assert torch.allclose(live, mine, atol=1e-5)
     grads = block_gradients(block, x, x, causal_mask(1, S, x.device), pe, ATTENTION_PROJECTIONS)
     assert all(torch.count_nonzero(g) == 0 for g in grads.values())  # X_hat == X: no signal
+
+
+def test_copied_mlp_block_reproduces_the_qwen2_mlp_of_llava_onevision(ov_layer):
+    layer, x, _, _ = ov_layer
+    with torch.no_grad():
+        live = x + layer.mlp(layer.post_attention_layernorm(x))
+        mine = copy_mlp_block(layer, torch.device("cpu"), family=LLAVA_ONEVISION)(x)
+    assert torch.allclose(live, mine, atol=1e-5)
 
 
 @pytest.mark.parametrize("norm", ["l1", "l2"])

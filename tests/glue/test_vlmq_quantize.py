@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from vlmq_gptqmodel import VLMQConfig
-from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS
+from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS
 
 
 
@@ -15,11 +15,15 @@ def _assert_same_tensors(a, b):
     assert different == []
 
 
-@pytest.mark.parametrize("arch,precursor", [("qwen2_vl", "gptq"), ("qwen2_vl", "gptaq"), ("qwen2_5_vl", "gptaq")])
-def test_constant_importance_reproduces_the_precursor_bit_for_bit(tiny_vlm, calib, quantize, packed, tmp_path, arch, precursor):
+@pytest.mark.parametrize("arch,precursor,targets", [
+    ("qwen2_vl", "gptq", ATTENTION_PROJECTIONS), ("qwen2_vl", "gptaq", ATTENTION_PROJECTIONS),
+    ("qwen2_5_vl", "gptaq", ATTENTION_PROJECTIONS), ("qwen2_vl", "gptaq", PROJECTIONS)])
+def test_constant_importance_reproduces_the_precursor_bit_for_bit(tiny_vlm, calib, quantize, packed, tmp_path, arch,
+                                                                  precursor, targets):
     src = tiny_vlm(arch)
     ref = quantize(src, calib, bits=3, method=precursor)
-    vlmq = quantize(src, calib, bits=3, method="vlmq", vlmq=VLMQConfig(importance="constant", precursor=precursor))
+    vlmq = quantize(src, calib, bits=3, method="vlmq",
+                    vlmq=VLMQConfig(importance="constant", precursor=precursor, targets=targets))
     _assert_same_tensors(packed(ref, tmp_path / "ref"), packed(vlmq, tmp_path / "vlmq"))
 
 
@@ -93,6 +97,21 @@ def test_targets_restrict_weighting_to_the_named_projections(tiny_vlm, calib, qu
     # o_proj sees the same inputs in both and differs only by being token-weighted or not
     assert torch.equal(all4[key.format("q_proj")], qkv[key.format("q_proj")])
     assert not torch.equal(all4[key.format("o_proj")], qkv[key.format("o_proj")])
+
+
+def test_mlp_targets_weight_the_mlp_and_leave_the_attention_as_the_precursor(tiny_vlm, calib, quantize, packed, tmp_path):
+    src = tiny_vlm("qwen2_vl")
+    ref = packed(quantize(src, calib, bits=3, method="gptq"), tmp_path / "gptq")
+    model = quantize(src, calib, bits=3, method="vlmq", vlmq=VLMQConfig(precursor="gptq", targets=MLP_PROJECTIONS))
+    assert set(model.vlmq_report[1]["projections"]) == set(MLP_PROJECTIONS)
+    assert all(s["cv"] > 0.05 for s in model.vlmq_report[1]["projections"].values())
+    mine = packed(model, tmp_path / "mlp")
+    # layer 0 is uniform (X_hat == X), so layer 1's inputs and its unweighted attention match GPTQ's exactly
+    same = [k for k in ref if ".layers.0." in k or (".layers.1.self_attn." in k)]
+    assert same and all(torch.equal(ref[k], mine[k]) for k in same)
+    for p in MLP_PROJECTIONS:
+        key = f"model.language_model.layers.1.mlp.{p}.qweight"
+        assert not torch.equal(ref[key], mine[key]), key
 
 
 def test_all_zero_importance_never_zeroes_a_layer(tiny_vlm, calib, quantize, packed, tmp_path, monkeypatch):

@@ -6,7 +6,8 @@ and quantizes. VLMQ subclasses both:
 - VLMQCaptureProcessor hands each layer's FP input X to the shared `VLMQRun` (and, for
   precursor="gptq", stops keeping the per-module native inputs only GPTAQ needs);
 - VLMQGPTQProcessor computes G once per layer, before the layer's first attention subset is
-  quantized, and turns the tasks of the target projections into token-weighted ones.
+  quantized (so also the MLP targets' G, from full-precision weights), and turns the tasks of the target
+  projections into token-weighted ones.
 """
 from __future__ import annotations
 
@@ -59,9 +60,9 @@ class VLMQRun:
                         "text tokens only and its vision-token weighting has nothing to act on. Calibrate with "
                         "image+text samples.")
 
-    def attention_projection(self, module_name: str) -> Optional[str]:
-        """'self_attn.q_proj' -> 'q_proj' for the attention projections; None for every other module."""
-        return self.family.attention_projection(module_name, ATTENTION_PROJECTIONS)
+    def projection(self, module_name: str) -> Optional[str]:
+        """'self_attn.q_proj' -> 'q_proj', 'mlp.up_proj' -> 'up_proj'; None for every other module."""
+        return self.family.projection(module_name)
 
     def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
         return self.weights[layer_index][projection][batch_index]
@@ -139,7 +140,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def preprocess(self, module, fallback=None, **kwargs):
         super().preprocess(module, fallback=fallback, **kwargs)
-        projection = self.run.attention_projection(module.name)
+        projection = self.run.projection(module.name)
         task = self.tasks.get(module.name)
         if task is not None and projection in self.run.cfg.targets:
             residual = None if self.run.cfg.residual == "weighted" else functools.partial(
@@ -149,7 +150,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def begin_shared_input_capture(self, model, subset_names, is_lm_head_module=False):
         leaders = super().begin_shared_input_capture(model, subset_names, is_lm_head_module)
-        attn = [n for n in subset_names if self.run.attention_projection(n) and n in self.tasks]
+        attn = [n for n in subset_names if self.run.projection(n) in ATTENTION_PROJECTIONS and n in self.tasks]
         if attn and not is_lm_head_module:
             named = self.tasks[attn[0]]._named_module
             if named.layer_index not in self.run.weights:

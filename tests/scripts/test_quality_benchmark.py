@@ -47,7 +47,7 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     assert runs["rtn-attn|w3g32"]["kl"] < runs["rtn|w3g32"]["kl"]
     assert not any(k.startswith("attn|") and k.endswith("|s0") for k in runs)  # only --attention-seeds
     ablation_runs = [k for k in runs if k.startswith("abl|")]
-    assert len(ablation_runs) == 16 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
+    assert len(ablation_runs) == 17 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
     # the study is attention-only by default and reuses the attention-only part's own alpha-0.25 runs
     assert len([k for k in runs if k.startswith("study-attn|")]) == 9
     assert runs["study-attn|c4|w3g32|GPTAQ alpha=0.25|s1"] == runs["attn|c4|w3g32|GPTAQ|s1"]
@@ -91,6 +91,20 @@ def test_the_study_runs_only_the_variants_asked_for(tiny_vlm, tmp_path):
     assert "--study-variants 'GPTAQ alpha=0.25,VLMQ(gptaq) residual=uniform'" in report  # a shell can rerun it
     refused = _run(model_dir, tmp_path / "q", "--parts", "gptaq-study", "--study-variants", "GPTAQ alpha=0.3", ok=False)
     assert refused.returncode != 0 and "--study-variants" in refused.stderr
+
+
+def test_the_ablations_run_only_the_variants_asked_for(tiny_vlm, tmp_path):
+    model_dir = tiny_vlm("qwen2_vl")
+    variants = "targets=+MLP (gate/up/down weighted);targets=q,k,v (o unweighted)"  # labels hold commas
+    runs = _run(model_dir, tmp_path / "q", "--parts", "ablations", "--ablation-settings", "w3g32", "--ablation-seeds",
+                "0", "--ablation-variants", variants)
+    assert sorted(k for k in runs if k != "FP") == ["abl|c4|w3g32|targets=+MLP (gate/up/down weighted)|s0",
+                                                    "abl|c4|w3g32|targets=q,k,v (o unweighted)|s0"]
+    mlp = runs["abl|c4|w3g32|targets=+MLP (gate/up/down weighted)|s0"]["g"]["effective_tokens"]
+    assert set(mlp) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+    assert f"--ablation-variants '{variants}'" in (tmp_path / "q" / "quality.md").read_text()
+    refused = _run(model_dir, tmp_path / "q", "--parts", "ablations", "--ablation-variants", "norm=l3", ok=False)
+    assert refused.returncode != 0 and "--ablation-variants" in refused.stderr
 
 
 def test_a_world_the_model_cannot_read_is_refused_before_anything_is_written(tiny_vlm, tmp_path):

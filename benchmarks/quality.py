@@ -271,30 +271,32 @@ def method_rows(runs, part, calib, settings, seeds, labels, rtn_prefix: str | No
     return "\n".join(lines)
 
 
-def paired(runs, part, calib, bits, group, method, base, seeds):
+def paired(runs, part, calib, bits, group, method, base, seeds, base_part=None):
     """(KL difference, accuracy difference, share of questions with the lower KL) of method minus base over
-    the seeds both have, or None."""
+    the seeds both have, or None. base_part: the part the base's runs belong to (default: `part`)."""
+    base_part = base_part or part
     both = [s for s in seeds if key(part, calib, bits, group, method, s) in runs
-            and key(part, calib, bits, group, base, s) in runs]
+            and key(base_part, calib, bits, group, base, s) in runs]
     if not both:
         return None
     lengths = np.array(runs["FP"]["lengths"], dtype=np.float64)
 
-    def matrix(label, field):
-        rows = [runs[key(part, calib, bits, group, label, s)][field] for s in both]
+    def matrix(label, field, owner=part):
+        rows = [runs[key(owner, calib, bits, group, label, s)][field] for s in both]
         return np.array([[int(c) for c in r] if field == "correct" else r for r in rows], dtype=np.float64)
 
-    kl = paired_difference(matrix(method, "question_kl"), matrix(base, "question_kl"), lengths, lower_is_better=True)
-    acc = paired_difference(matrix(method, "correct"), matrix(base, "correct"), lower_is_better=False)
-    return kl, acc, lower_share(matrix(method, "question_kl"), matrix(base, "question_kl"))
+    kl = paired_difference(matrix(method, "question_kl"), matrix(base, "question_kl", base_part), lengths,
+                           lower_is_better=True)
+    acc = paired_difference(matrix(method, "correct"), matrix(base, "correct", base_part), lower_is_better=False)
+    return kl, acc, lower_share(matrix(method, "question_kl"), matrix(base, "question_kl", base_part))
 
 
-def paired_rows(runs, part, calib, settings, seeds, pairs=PAIRS) -> str:
+def paired_rows(runs, part, calib, settings, seeds, pairs=PAIRS, base_part=None) -> str:
     lines = ["| setting | comparison | KL ×10⁻³ difference [95 % CI] | KL: seeds won | verdict | questions with "
              "lower KL | exact-match difference [95 % CI] | acc: seeds won |", "|---|---|---|---|---|---|---|---|"]
     for bits, group in settings:
         for method, base in pairs:
-            result = paired(runs, part, calib, bits, group, method, base, seeds)
+            result = paired(runs, part, calib, bits, group, method, base, seeds, base_part)
             if result is None:
                 continue
             kl, acc, lower = result
@@ -615,7 +617,12 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
         text += [f"\n## Ablations (VLMQ, precursor {args.ablation_precursor}, seeds {abl_seeds}; "
                  f"{part_minutes(runs, 'abl'):.0f} min)\n",
                  "The unablated rows are the main part's.\n",
-                 ablation_rows(runs, calib, abl_settings, abl_seeds, args.ablation_precursor, list(abl))]
+                 ablation_rows(runs, calib, abl_settings, abl_seeds, args.ablation_precursor, list(abl)),
+                 "\n### Each ablation minus the precursor and minus VLMQ (paired over seeds)\n",
+                 paired_rows(runs, "abl", calib, abl_settings, abl_seeds,
+                             [(label, base) for label in abl for base in (args.ablation_precursor.upper(),
+                                                                          f"VLMQ({args.ablation_precursor})")],
+                             base_part="main")]
     for scope, part in STUDY_PARTS.items():
         if not any(k.startswith(part + "|") for k in runs):
             continue

@@ -60,6 +60,8 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
         assert heading in report
     assert "| W3 g32 | GPTQ (vllm) − GPTQ |" in report
     assert "| W3 g32 | VLMQ(gptaq) − GPTAQ |" in report and "/2 |" in report  # paired over both seeds
+    # each ablation (part abl, seed 1) is paired with the main part's precursor and VLMQ of the same seed
+    assert "| W3 g32 | norm=l2 − GPTAQ |" in report and "| W3 g32 | norm=l2 − VLMQ(gptaq) |" in report
     assert (tmp_path / "deq" / "quality.png").stat().st_size > 0
     assert (tmp_path / "deq" / "sweep.png").stat().st_size > 0
 

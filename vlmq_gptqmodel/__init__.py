@@ -6,8 +6,8 @@
     model.quantize(calib, method="vlmq", vlmq=vlmq_gptqmodel.VLMQConfig())
     model.save(out_dir)                       # a standard GPTQ checkpoint
 
-Layout: the method (config, families, streams, importance, attention_block, layer_importance, rtn),
-the pipeline (calibration, runner, model_dir, output_dir, cli), everything that touches GPTQModel's
+Layout: the method (config, families, streams, importance, attention_block, mlp_block, layer_importance,
+rtn), the pipeline (calibration, runner, model_dir, output_dir, cli), everything that touches GPTQModel's
 private API (glue/), and the synthetic-world yardstick that measures it (synth/: world, tiny models,
 evaluation, RTN baseline, demo), which depends on the rest and never the other way.
 """

@@ -130,6 +130,17 @@ def parse_ints(text: str, name: str) -> list[int]:
         raise SystemExit(f"--{name} {text!r}: give comma-separated integers, e.g. 0,1,2") from None
 
 
+def parse_subset(text, sep: str, allowed: tuple, name: str):
+    """A `sep`-separated subset of `allowed` (None stays None: all of them)."""
+    if text is None:
+        return None
+    chosen = [v for v in text.split(sep) if v]
+    if not chosen or set(chosen) - set(allowed):
+        words = {",": "comma", ";": "semicolon"}[sep]
+        raise SystemExit(f"--{name}: give a {words}-separated subset of {allowed}")
+    return chosen
+
+
 def key(part: str, calib: int, bits: int, group: int, label: str, seed: int) -> str:
     return f"{part}|c{calib}|w{bits}g{group}|{label}|s{seed}"
 
@@ -489,14 +500,9 @@ def parse_args(argv=None):
     if args.calib < 1 or args.eval < 1:
         raise SystemExit("--calib and --eval must be at least 1")
     args.parts = parts
-    if args.study_variants is not None:
-        args.study_variants = [v for v in args.study_variants.split(",") if v]
-        if not args.study_variants or set(args.study_variants) - set(gptaq_study()):
-            raise SystemExit(f"--study-variants: give a comma-separated subset of {tuple(gptaq_study())}")
-    if args.ablation_variants is not None:
-        args.ablation_variants = [v for v in args.ablation_variants.split(";") if v]
-        if not args.ablation_variants or set(args.ablation_variants) - set(ablations(VLMQConfig())):
-            raise SystemExit(f"--ablation-variants: give a semicolon-separated subset of {tuple(ablations(VLMQConfig()))}")
+    args.study_variants = parse_subset(args.study_variants, ",", tuple(gptaq_study()), "study-variants")
+    args.ablation_variants = parse_subset(args.ablation_variants, ";", tuple(ablations(VLMQConfig())),
+                                          "ablation-variants")
     args.methods = [m for m in args.methods.split(",") if m]
     args.engine_methods = [m for m in args.engine_methods.split(",") if m]
     for flag, methods in (("--methods", args.methods), ("--engine-methods", args.engine_methods)):

@@ -34,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoConfig
 
 import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
 from vlmq_gptqmodel.errors import BadInput
@@ -43,7 +44,7 @@ from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.synth.dequantized import load_dequantized
 from vlmq_gptqmodel.synth.evaluation import (
     encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model,
-    scored_world, world_of,
+    scored_world, world_of, world_of_config,
 )
 from vlmq_gptqmodel.synth.rtn_baseline import apply_rtn
 from vlmq_gptqmodel.engines import DEFAULT_TARGET, ENGINES
@@ -153,6 +154,9 @@ class Bench:
                          "dtype": args.dtype, "serve": args.serve} | ({"world": args.world} if args.world else {})
         self.store = Path(args.results) / "quality.json"
         self.runs = {}
+        self.missing = []  # --report-only: the runs asked for that are not stored
+        if args.report_only and not self.store.exists():
+            raise SystemExit(f"--report-only: {self.store} does not exist: run without --report-only first")
         if self.store.exists() and not args.fresh:
             stored = json.loads(self.store.read_text())
             if stored.get("identity") != self.identity:
@@ -161,6 +165,12 @@ class Bench:
             self.runs = stored["runs"]
         for other in args.merge:
             self.merge(Path(other) / "quality.json")
+        if args.report_only:  # no model, no scoring, nothing written to quality.json
+            try:
+                self.world = scored_world(world_of_config(AutoConfig.from_pretrained(self.model_dir)), args.world)
+            except BadInput as error:
+                raise SystemExit(f"--world: {error}") from None
+            return
         self.dtype = SERVE_DTYPE[args.serve]
         self.fp_model, self.processor = load_for_eval(self.model_dir, dtype=self.dtype)
         self.size = processor_image_size(self.processor)
@@ -198,13 +208,18 @@ class Bench:
 
     def rtn(self, bits: int, group: int, attention_only: bool = False) -> None:
         name = f"rtn{'-attn' if attention_only else ''}|w{bits}g{group}"
-        if name not in self.runs:
+        if name not in self.runs and self.args.report_only:
+            self.missing.append(name)
+        elif name not in self.runs:
             model = apply_rtn(self.fp_model, bits, group, attention_only=attention_only)
             self.record(name, evaluate(model, self.processor, self.samples, reference_logits=self.fp), seconds=None)
 
     def quantized(self, name: str, bits: int, group: int, seed: int, calib: int, method: str, cfg, *,
                   attention_only: bool = False, alpha: float = 0.25, target: str = DEFAULT_TARGET) -> None:
         if name in self.runs:
+            return
+        if self.args.report_only:
+            self.missing.append(name)
             return
         conversations = calibration_conversations(calib, seed=seed, image_size=self.size, world=self.world)
         spec = QuantSpec(bits=bits, group_size=group, dtype=self.args.dtype, attention_only=attention_only,
@@ -489,6 +504,9 @@ def parse_args(argv=None):
                    help="folder for quality.json/.md/.png (default benchmarks/results/quality/<model>[-select]); "
                         "runs already in its quality.json are reused")
     p.add_argument("--fresh", action="store_true", help="ignore earlier results in quality.json")
+    p.add_argument("--report-only", action="store_true",
+                   help="quantize nothing: write quality.md/.png from the runs stored in quality.json (a grid still "
+                        "running, or stopped part-way) and list the runs asked for that are not stored yet")
     p.add_argument("--merge", action="append", default=[], metavar="DIR",
                    help="also take the runs in DIR/quality.json (a part run in a parallel process with its own "
                         "--results; same model, split, images, dtype and scoring); repeatable")
@@ -497,6 +515,8 @@ def parse_args(argv=None):
     unknown = [s for s in parts if s not in PARTS]
     if unknown:
         raise SystemExit(f"--parts: {unknown} not among {PARTS}")
+    if args.report_only and (args.fresh or args.merge):
+        raise SystemExit("--report-only reads quality.json as it is: drop --fresh and --merge")
     if args.calib < 1 or args.eval < 1:
         raise SystemExit("--calib and --eval must be at least 1")
     args.parts = parts
@@ -593,7 +613,7 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
     results = Path(args.results)
     model = bench.identity["model"]
     text = [f"# Quantization quality on {model}\n",
-            f"{len(bench.fp.correct)} questions ({args.eval} images of the {args.split} split, world "
+            f"{len(runs['FP']['correct'])} questions ({args.eval} images of the {args.split} split, world "
             f"{bench.world!r}), {calib} calibration images per seed unless the sweep says otherwise, quantized in "
             f"{args.dtype}, act-order on, asymmetric, damp 0.01, GPTAQ alpha 0.25; {SERVED[args.serve]}. "
             f"Paired differences: method minus its precursor, per calibration seed and question, 95 % bootstrap "
@@ -652,9 +672,15 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                  variant_rows(runs, "main", calib, engine_settings, engine_seeds, [x for pair in pairs for x in pair[::-1]]),
                  "\n### Engine-ready minus act-order\n",
                  paired_rows(runs, "main", calib, engine_settings, engine_seeds, pairs)]
-    text += ["\n" + reproduce_line("quality.py") + "\n"]
+    if bench.missing:
+        text += [f"\n{len(bench.missing)} runs of the command below are not stored yet: the tables hold the seeds done "
+                 f"(their seeds column); the command runs the rest (runs already stored are reused)."]
+    text += ["\n" + reproduce_line("quality.py", [a for a in sys.argv[1:] if a != "--report-only"]) + "\n"]
     write_text(results / "quality.md", "\n".join(text))
     print("\n".join(text))
+    if bench.missing:
+        print(f"--report-only: {len(bench.missing)} of the runs asked for are not stored yet (not in the report): "
+              + ", ".join(bench.missing[:8]) + (", …" if len(bench.missing) > 8 else ""), file=sys.stderr)
 
 
 if __name__ == "__main__":

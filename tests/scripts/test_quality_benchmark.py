@@ -109,6 +109,24 @@ def test_the_ablations_run_only_the_variants_asked_for(tiny_vlm, tmp_path):
     assert refused.returncode != 0 and "--ablation-variants" in refused.stderr
 
 
+def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp_path):
+    model_dir = tiny_vlm("qwen2_vl")
+    refused = _run(model_dir, tmp_path / "q", "--report-only", ok=False)  # nothing stored yet
+    assert refused.returncode != 0 and "run without --report-only first" in refused.stderr
+    _run(model_dir, tmp_path / "q", "--parts", "ablations", "--ablation-settings", "w3g32", "--ablation-seeds", "0",
+         "--ablation-variants", "norm=l2")
+    stored = (tmp_path / "q" / "quality.json").read_bytes()
+    # a grid stopped part-way: every ablation at two seeds asked for, one run stored
+    done = _run(model_dir, tmp_path / "q", "--parts", "ablations", "--ablation-settings", "w3g32", "--ablation-seeds",
+                "0,1", "--report-only", ok=True)
+    assert (tmp_path / "q" / "quality.json").read_bytes() == stored  # nothing quantized, nothing written there
+    report = (tmp_path / "q" / "quality.md").read_text()
+    assert "| W3 g32 | norm=l2 |" in report
+    assert "33 runs of the command below are not stored yet" in report  # 17 ablations x 2 seeds, less norm=l2 s0
+    assert "--ablation-seeds 0,1" in report and "--report-only" not in report  # the line that runs the rest
+    assert list(done) == ["FP", "abl|c4|w3g32|norm=l2|s0"]
+
+
 def test_a_world_the_model_cannot_read_is_refused_before_anything_is_written(tiny_vlm, tmp_path):
     refused = _run(tiny_vlm("qwen2_vl"), tmp_path / "q", "--parts", "main", "--world", "deep-meaning", ok=False)
     assert refused.returncode != 0 and "--world: the deep-meaning world's words or image size" in refused.stderr

@@ -258,9 +258,14 @@ def eval_samples(n: int, seed: int = 0, *, image_size: int | None = None,
 
 
 def world_of(model) -> str:
-    """The synthetic world a model was trained on (the training script writes it into the config; models
-    without it are the original world's)."""
-    return getattr(hf_model(model).config, "synth_world", DEFAULT_WORLD)
+    """The synthetic world a model was trained on."""
+    return world_of_config(hf_model(model).config)
+
+
+def world_of_config(config) -> str:
+    """The synthetic world of a model's config (the training script writes it there; models without it are the
+    original world's)."""
+    return getattr(config, "synth_world", DEFAULT_WORLD)
 
 
 def scored_world(model_world: str, world: str | None = None) -> str:

@@ -117,17 +117,23 @@ PRESETS["recall"] = dict(PRESETS["facts"], world="deep-recall", out="runs/recall
 # GPTQ hurt less (benchmarks/results/quality/deep-recall-gpu-select)
 PRESETS["recall-ft"] = dict(PRESETS["recall"], init_stage=4, text_steps=0, lr=5e-4, warmup=20, final_steps=400,
                             eval_every=50, out="runs/recall-ft")
+# Recipes of several presets, run one after another by one command: each part trains in OUT/<preset> (resuming
+# from its own checkpoint) and starts from the previous part's export; the last part exports to --export (default
+# OUT/model). synthvlm-recall: the shipped synthvlm-recall from scratch.
+CHAINS = {"synthvlm-recall": ("facts", "recall-ft")}
+CHAIN_OWN = ("--init-from", "--init-stage", "--export-only")  # flags a chain sets per part itself
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=tuple(PRESETS), default="synthvlm",
+    p.add_argument("--preset", choices=tuple(PRESETS) + tuple(CHAINS), default="synthvlm",
                    help="a named recipe that sets the defaults of the other flags (synthvlm: the shipped model; "
                         "deep: the 8-layer, 196-image-token headroom model; names: deep's sizes in the names world; "
                         "faint: deep's recipe in the faint world; facts: deep's recipe in the deep-facts world, with "
                         "a language model of real text that learns the world's facts from text; recall: facts' recipe in the "
                         "deep-recall world; recall-ft: the shipped synthvlm-recall, a facts export given by --init-from "
-                        "fine-tuned into the deep-recall world)")
+                        "fine-tuned into the deep-recall world; synthvlm-recall: facts then recall-ft in one command, "
+                        "the shipped synthvlm-recall from scratch, other flags applying to both parts)")
     p.add_argument("--world", choices=tuple(WORLDS), default="synthvlm",
                    help="which synthetic world to learn (its final stage is the evaluation distribution; "
                         "world/scene.py says what each is)")
@@ -215,6 +221,9 @@ def parse_args(argv=None):
                    help="bf16 autocast: faster only on CPUs with bf16 matrix units (AVX512-BF16/AMX); on an "
                         "AVX2-only CPU one step took 37-50 s instead of 1.4 s in fp32")
     preset, _ = p.parse_known_args(argv)
+    if preset.preset in CHAINS:
+        raise SystemExit(f"--preset {preset.preset} runs the presets {CHAINS[preset.preset]} one after another: "
+                         f"run it through main(), not parse_args()")
     p.set_defaults(**PRESETS[preset.preset])
     args = p.parse_args(argv)
     args.fact_pretrain_rows = args.fact_rows if args.fact_pretrain_rows is None else args.fact_pretrain_rows
@@ -859,7 +868,43 @@ def next_stage(state: dict, stage_accuracy: float, args) -> None:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    chain = argparse.ArgumentParser(add_help=False)
+    for flag in ("--preset", "--out", "--export"):
+        chain.add_argument(flag)
+    known, rest = chain.parse_known_args(argv)
+    if known.preset in CHAINS:
+        run_chain(known.preset, Path(known.out or f"runs/{known.preset}"), known.export, rest)
+    else:
+        train(parse_args(argv))
+    return 0
+
+
+def run_chain(name: str, out: Path, export_dir: str | None, flags: list[str]) -> None:
+    """The presets of CHAINS[name] one after another, each from the previous one's export. Rerunning resumes the
+    part that was stopped (a finished part only re-validates and re-exports)."""
+    own = [flag for flag in flags if flag.split("=")[0] in CHAIN_OWN]
+    if own:
+        raise SystemExit(f"{own[0]}: the {name} chain sets it for each part itself (the first part starts from "
+                         f"scratch, each later one from the previous export): drop it")
+    previous = None
+    parts = CHAINS[name]
+    for i, preset in enumerate(parts):
+        last = i == len(parts) - 1
+        part_export = Path(export_dir) if last and export_dir else out / ("model" if last else f"{preset}-model")
+        argv = ["--preset", preset, *flags, "--out", str(out / preset), "--export", str(part_export)]
+        args = parse_args(argv + (["--init-from", str(previous)] if previous else []))
+        print(f"{name}: part {i + 1} of {len(parts)}, preset {preset}, in {out / preset}", flush=True)
+        state = train(args)
+        if state["final_start"] is None or state["step"] - state["final_start"] < args.final_steps:
+            raise SystemExit(f"{name}: the {preset} part stopped before its schedule ended (--max-minutes "
+                             f"{args.max_minutes} of training time spent): rerun the same command with a larger "
+                             f"--max-minutes to resume it")
+        previous = part_export
+
+
+def train(args) -> dict:
+    """One preset's run (resuming from OUT/ckpt.pt); returns its state (steps, stage, where the final stage began)."""
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     device = torch.device(args.device)
@@ -922,7 +967,7 @@ def main(argv=None) -> int:
         if not (args.export and ckpt.exists()):
             raise SystemExit(f"--export-only needs --export DIR and a checkpoint at {ckpt}")
         export(model, processor, Path(args.export))
-        return 0
+        return state
     emit({"params": sum(p.numel() for p in model.parameters()), "args": vars(args)})
     clock = Clock(state)
     feeder = StepFeeder(args, processor, args.data_workers, ahead=2 * args.data_workers)
@@ -1009,7 +1054,7 @@ def main(argv=None) -> int:
     emit({"step": state["step"], "final": True, **timing, **validate(model, processor, args, state["stage"], text)})
     if args.export:
         export(model, processor, Path(args.export))
-    return 0
+    return state
 
 
 if __name__ == "__main__":

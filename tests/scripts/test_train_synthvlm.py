@@ -593,6 +593,34 @@ def test_the_facts_preset_learns_the_table_from_text_from_its_first_step(tmp_pat
     assert not any("fact_loss" in entry for entry in log if "stage" in entry)
 
 
+def test_the_synthvlm_recall_chain_runs_facts_then_recall_ft_from_its_export_in_one_resumable_command(tmp_path,
+                                                                                                    monkeypatch):
+    monkeypatch.setitem(train_synthvlm.PRESETS, "facts", dict(train_synthvlm.PRESETS["facts"], text_steps=2))
+    out = tmp_path / "chain"
+    flags = [*TINY, "--text-vocab", "300", "--text-rows", "1", "--text-length", "20", "--text-pretrain-rows", "2",
+             "--fact-pretrain-rows", "3", "--fact-rows", "1", "--layers", "3", "--image-size", "112"]
+    with pytest.raises(SystemExit, match="the facts part stopped before its schedule ended"):
+        train_synthvlm.main(["--preset", "synthvlm-recall", "--out", str(out), *flags, "--max-minutes", "0"])
+    assert not (out / "recall-ft").exists()  # the second part never starts from an unfinished first part
+    assert train_synthvlm.main(["--preset", "synthvlm-recall", "--out", str(out), *flags]) == 0  # resumes facts
+    logs = {part: [json.loads(line) for line in (out / part / "log.jsonl").read_text().splitlines()]
+            for part in ("facts", "recall-ft")}
+    facts_args, ft_args = (next(e["args"] for e in logs[part] if "args" in e) for part in ("facts", "recall-ft"))
+    assert (facts_args["world"], facts_args["init_from"]) == ("deep-facts", None)
+    assert (ft_args["world"], ft_args["init_from"], ft_args["init_stage"], ft_args["lr"], ft_args["text_steps"]) == \
+        ("deep-recall", str(out / "facts-model"), 4, 5e-4, 0)
+    assert all(e.get("stage", 4) == 4 for e in logs["recall-ft"])  # fine-tuned in the final stage only
+    config = json.loads((out / "model" / "config.json").read_text())  # the default --export: OUT/model
+    assert config["synth_world"] == "deep-recall"
+    steps = {part: torch.load(out / part / "ckpt.pt", weights_only=False)["step"] for part in ("facts", "recall-ft")}
+    assert train_synthvlm.main(["--preset", "synthvlm-recall", "--out", str(out), *flags]) == 0  # finished: no steps
+    assert steps == {part: torch.load(out / part / "ckpt.pt", weights_only=False)["step"] for part in steps}
+    with pytest.raises(SystemExit, match="--init-from: the synthvlm-recall chain sets it for each part"):
+        train_synthvlm.main(["--preset", "synthvlm-recall", "--out", str(out), "--init-from", str(out / "model")])
+    with pytest.raises(SystemExit, match="run it through main"):
+        train_synthvlm.parse_args(["--preset", "synthvlm-recall"])
+
+
 def test_an_exported_model_gives_each_word_its_rows_where_the_new_vocabulary_has_that_word(tmp_path):
     """A facts world adds words between the world's and the text's: an exported text run's rows follow their words."""
     source = tmp_path / "source"

@@ -30,14 +30,16 @@
 #   benchmarks/gpu_check.sh --train [--dry-run] [OUT_DIR]   # issue 15: train the headroom yardstick on the GPU
 #
 # --train runs env and install, then instead of the steps above (at most about 9 minutes):
-#   train      tools/train_synthvlm.py --preset TRAIN_PRESET (default faint) --device cuda, batches prepared by 12
-#              worker processes, at most TRAIN_MINUTES (default 5) of training in all (resumable: runs/gpu-train/),
+#   train      tools/train_synthvlm.py --preset TRAIN_PRESET (default synthvlm-recall: the shipped yardstick from
+#              scratch, the facts part then the recall-ft part) --device cuda, batches prepared by 12 worker
+#              processes, at most TRAIN_MINUTES (default 5) of training per part (resumable: runs/gpu-train/),
 #              exported in fp16
 #                                            -> train_log.jsonl, <preset>-model.tar (the export as one file: a
 #                                               device run returns at most 8)
 #   probe      tools/headroom_probe.py on the export (GPTQ's room at W2/W3)            -> headroom.md
-# TRAIN_PRESET=facts (or recall) trains 9.9 min on an H200 (results/gpu/run3), past one call's 10-minute limit:
-# two calls on the warm machine: TRAIN_MINUTES=6, then TRAIN_MINUTES=11 (it resumes and finishes the recipe).
+# The facts recipe (TRAIN_PRESET=facts, and the first part of synthvlm-recall) trains 9.9 min on an H200
+# (results/gpu/run3), past one call's 10-minute limit: two calls on the warm machine: TRAIN_MINUTES=6 (the chain
+# then stops, resumable, with a non-zero status), then TRAIN_MINUTES=11 (it resumes and finishes the recipe).
 # The machine is released after 30 s idle, and the checkpoint with it: where the second call finds a fresh machine,
 # carry the first call's export (untarred, e.g. runs/gpu-init/recall-model) and continue from it in the final stage
 # with TRAIN_ARGS (extra flags for the train step; results/gpu/run4 did this): TRAIN_ARGS='--init-from
@@ -156,7 +158,7 @@ else
     step install - 120 -- install_project
 fi
 if [ $TRAIN = 1 ]; then
-    PRESET=${TRAIN_PRESET:-faint}
+    PRESET=${TRAIN_PRESET:-synthvlm-recall}
     # In the work tree's ignored runs/: a second call on the still-warm machine resumes from its checkpoint
     # (give it a larger TRAIN_MINUTES: the budget counts the run's whole training time)
     RUN=runs/gpu-train/$PRESET
@@ -164,7 +166,8 @@ if [ $TRAIN = 1 ]; then
     run_or_check train - $(( MINUTES * 60 + 90 )) -- tools/train_synthvlm.py --preset "$PRESET" --device cuda \
         --data-workers 12 --threads 4 --max-minutes "$MINUTES" --out "$RUN" --export "$RUN-model" "${EXTRA[@]}"
     if [ $DRY_RUN = 0 ]; then
-        cp "$RUN/log.jsonl" "$OUT/train_log.jsonl"
+        # a chain preset logs per part, in run order (facts, recall-ft)
+        cat "$RUN"/log.jsonl "$RUN"/facts/log.jsonl "$RUN"/recall-ft/log.jsonl > "$OUT/train_log.jsonl" 2>/dev/null
         [ -d "$RUN-model" ] && tar -cf "$OUT/$PRESET-model.tar" -C "$(dirname "$RUN")" "$PRESET-model"
     fi
     run_or_check probe - 120 -- tools/headroom_probe.py --model "$RUN-model" --out "$OUT/headroom.md"

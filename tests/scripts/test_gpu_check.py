@@ -37,6 +37,7 @@ def test_train_dry_run_checks_the_training_steps_only(tmp_path):
     stdout, steps, names = mode_dry_run(tmp_path, "--train")
     assert names == ["env", "install", "train", "probe"]
     assert "| train | ok |" in steps and "--device cuda" in stdout
+    assert "ok: tools/train_synthvlm.py --preset synthvlm-recall" in stdout  # the yardstick's one-command chain
 
 
 def test_text_lm_dry_run_checks_the_text_lm_probe_only(tmp_path):

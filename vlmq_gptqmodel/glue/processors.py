@@ -60,10 +60,6 @@ class VLMQRun:
                         "text tokens only and its vision-token weighting has nothing to act on. Calibrate with "
                         "image+text samples.")
 
-    def projection(self, module_name: str) -> Optional[str]:
-        """'self_attn.q_proj' -> 'q_proj', 'mlp.up_proj' -> 'up_proj'; None for every other module."""
-        return self.family.projection(module_name)
-
     def token_weights(self, layer_index: int, projection: str, batch_index: int) -> torch.Tensor:
         return self.weights[layer_index][projection][batch_index]
 
@@ -140,7 +136,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def preprocess(self, module, fallback=None, **kwargs):
         super().preprocess(module, fallback=fallback, **kwargs)
-        projection = self.run.projection(module.name)
+        projection = self.run.family.projection(module.name)
         task = self.tasks.get(module.name)
         if task is not None and projection in self.run.cfg.targets:
             residual = None if self.run.cfg.residual == "weighted" else functools.partial(
@@ -150,7 +146,7 @@ class VLMQGPTQProcessor(GuardedGPTQProcessor):
 
     def begin_shared_input_capture(self, model, subset_names, is_lm_head_module=False):
         leaders = super().begin_shared_input_capture(model, subset_names, is_lm_head_module)
-        attn = [n for n in subset_names if self.run.projection(n) in ATTENTION_PROJECTIONS and n in self.tasks]
+        attn = [n for n in subset_names if self.run.family.projection(n) in ATTENTION_PROJECTIONS and n in self.tasks]
         if attn and not is_lm_head_module:
             named = self.tasks[attn[0]]._named_module
             if named.layer_index not in self.run.weights:

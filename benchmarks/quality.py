@@ -87,6 +87,8 @@ def ablations(base: VLMQConfig) -> dict:
         "min_weight=0.3 (floored G)": replace(base, min_weight=0.3),
         # not in the paper either: the MLP projections token-weighted too, g from the MLP block
         "targets=+MLP (gate/up/down weighted)": replace(base, targets=PROJECTIONS),
+        # not in the paper: g tempered (H weighted by g, not g^2), so the Hessian rests on more tokens
+        "power=0.5 (tempered G)": replace(base, power=0.5),
     }
     for ratio in (0.25, 0.5, 0.75):
         for factor in (0.01, 0.05, 0.1):

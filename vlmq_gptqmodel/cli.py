@@ -103,6 +103,8 @@ def add_run_flags(q) -> None:
                    help=f"comma-separated projections, of {','.join(PROJECTIONS)} (the paper weights q/k/v/o; the MLP's "
                         "are this project's extension, off by default)")
     q.add_argument("--layer0", choices=LAYER0_POLICIES, default="uniform")
+    q.add_argument("--power", type=float, default=1.0,
+                   help="g raised to this power before normalization (1: the paper; 0.5: H weighted by g, not g^2)")
     q.add_argument("--min-weight", type=float, default=1e-3)
     q.add_argument("--residual", choices=RESIDUALS, default="weighted",
                    help="with --precursor gptaq: how GPTAQ's asymmetric term is token-weighted")
@@ -150,7 +152,7 @@ def add_inspect_command(subparsers) -> None:
 def vlmq_config(args) -> VLMQConfig:
     return VLMQConfig(importance=args.importance, granularity=args.granularity, norm=args.norm,
                       targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                      precursor=args.precursor, layer0=args.layer0, min_weight=args.min_weight,
+                      precursor=args.precursor, layer0=args.layer0, power=args.power, min_weight=args.min_weight,
                       residual=args.residual, gradient_at=args.gradient_at,
                       random_ratio=args.random_ratio, random_factor=args.random_factor,
                       seed=args.random_seed)

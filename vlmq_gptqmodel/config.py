@@ -54,6 +54,9 @@ class VLMQConfig:
                  projections round-to-nearest quantized at the target bits.
     residual:    with precursor="gptaq", how its asymmetric term is weighted (see RESIDUALS).
     gradient_at: which path's projection outputs the block loss is differentiated at (see GRADIENT_PATHS).
+    power:       g is raised to this power before it is normalized (not in the paper, which uses 1):
+                 gradient g is heavy-tailed, so H~ = X G^2 X^T rests on about 1 % of the calibration tokens
+                 (Kish's effective sample size); 0.5 weights H by g instead of g^2; 0 is the precursor.
     min_weight:  floor on g after it is normalized to mean 1 over the calibration tokens of a
                  projection, so that a feature column can never vanish from H only because of G
                  (GPTQModel zeroes weight columns whose Hessian diagonal is 0).
@@ -68,6 +71,7 @@ class VLMQConfig:
     layer0: str = "uniform"
     residual: str = "weighted"
     gradient_at: str = "quantized"
+    power: float = 1.0
     min_weight: float = 1e-3
     random_ratio: float = 0.5
     random_factor: float = 0.01
@@ -90,6 +94,7 @@ class VLMQConfig:
                            f"differentiated; importance={self.importance!r}, granularity={self.granularity!r} takes "
                            f"no block gradient: use importance='gradient', granularity='block' or leave it 'quantized'.")
         self.targets = _targets(self.targets)
+        _number_in("power", self.power, 0.0, 4.0, "in [0, 4] (1: the paper's g; 0: every token alike)")
         _number_in("min_weight", self.min_weight, 0.0, 1.0, "in [0, 1) (relative to mean 1)", high_open=True)
         _number_in("random_ratio", self.random_ratio, 0.0, 1.0, "in [0, 1]")
         _number_in("random_factor", self.random_factor, 0.0, math.inf, "a finite number > 0", low_open=True)

@@ -67,6 +67,12 @@ def normalize_factors(
     return out
 
 
+def temper(factors: Sequence[Tensor], power: float) -> List[Tensor]:
+    """Factors raised to `power` (before normalize_factors): below 1 flattens their tail, so the weighted
+    Hessian rests on more tokens; 0 makes every token alike (0 ** 0 is 1)."""
+    return [f.float().pow(power) for f in factors]
+
+
 def modality_factors(
     factors: Sequence[Tensor],
     vision: Sequence[Tensor],

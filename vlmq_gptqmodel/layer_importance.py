@@ -23,6 +23,7 @@ from .importance import (
     normalize_factors,
     random_lowimportance_factors,
     summarize,
+    temper,
     token_factors,
 )
 from .mlp_block import copy_mlp_block
@@ -58,6 +59,8 @@ def layer_importance(
     try:
         if cfg.importance == "modality":
             raw = {n: modality_factors(raw[n], streams.vision, streams.keep) for n in names}
+        if cfg.power != 1.0:
+            raw = {n: temper(raw[n], cfg.power) for n in names}
         weights = {n: normalize_factors(raw[n], streams.keep, cfg.min_weight) for n in names}
     except DegenerateImportance as e:
         report["policy"] = f"uniform (fallback: {e})"

@@ -19,6 +19,8 @@ from vlmq_gptqmodel.errors import BadInput
     ({"seed": 1.5}, "must be an int"),
     ({"min_weight": "0.1"}, "min_weight='0.1'"),
     ({"min_weight": float("nan")}, "min_weight=nan"),
+    ({"power": -0.5}, "power=-0.5: must be in [0, 4]"),
+    ({"power": float("inf")}, "power=inf"),
     ({"random_factor": math.inf}, "random_factor=inf: must be a finite number > 0"),
     ({"random_factor": float("nan")}, "random_factor=nan"),
     ({"random_ratio": True}, "random_ratio=True"),

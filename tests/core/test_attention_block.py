@@ -113,6 +113,22 @@ def test_gradient_at_fp_takes_g_from_the_full_precision_path(layer_and_inputs):
     assert not torch.allclose(weights["k_proj"][0], default["k_proj"][0], rtol=1e-3)
 
 
+def test_power_tempers_g_before_normalizing_and_zero_makes_every_token_alike(layer_and_inputs):
+    layer, x, x_hat, pe = layer_and_inputs
+    streams = _streams(x, x_hat, pe)
+    paper, report = layer_importance(VLMQConfig(min_weight=0.0), layer, 1, streams, torch.device("cpu"))
+    half, half_report = layer_importance(VLMQConfig(power=0.5, min_weight=0.0), layer, 1, streams, torch.device("cpu"))
+    for name in ("q_proj", "o_proj"):
+        expected = paper[name][0].sqrt()
+        assert torch.allclose(half[name][0], expected / expected.mean(), rtol=1e-5)
+        # a flatter G: the weighted Hessian rests on more tokens
+        assert (half_report["projections"][name]["effective_tokens"]
+                > report["projections"][name]["effective_tokens"])
+    flat, _ = layer_importance(VLMQConfig(power=0.0), layer, 1, streams, torch.device("cpu"))
+    constant, _ = layer_importance(VLMQConfig(importance="constant"), layer, 1, streams, torch.device("cpu"))
+    assert all(torch.equal(flat[n][0], constant[n][0]) for n in flat)
+
+
 def test_gradient_at_is_validated():
     with pytest.raises(ValueError, match="gradient_at"):
         VLMQConfig(gradient_at="both")

@@ -47,7 +47,7 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     assert runs["rtn-attn|w3g32"]["kl"] < runs["rtn|w3g32"]["kl"]
     assert not any(k.startswith("attn|") and k.endswith("|s0") for k in runs)  # only --attention-seeds
     ablation_runs = [k for k in runs if k.startswith("abl|")]
-    assert len(ablation_runs) == 17 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
+    assert len(ablation_runs) == 18 and all(k.endswith("|s1") for k in ablation_runs)  # only --ablation-seeds
     # the study is attention-only by default and reuses the attention-only part's own alpha-0.25 runs
     assert len([k for k in runs if k.startswith("study-attn|")]) == 9
     assert runs["study-attn|c4|w3g32|GPTAQ alpha=0.25|s1"] == runs["attn|c4|w3g32|GPTAQ|s1"]
@@ -122,7 +122,7 @@ def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp
     assert (tmp_path / "q" / "quality.json").read_bytes() == stored  # nothing quantized, nothing written there
     report = (tmp_path / "q" / "quality.md").read_text()
     assert "| W3 g32 | norm=l2 |" in report
-    assert "33 runs of the command below are not stored yet" in report  # 17 ablations x 2 seeds, less norm=l2 s0
+    assert "35 runs of the command below are not stored yet" in report  # 18 ablations x 2 seeds, less norm=l2 s0
     assert "--ablation-seeds 0,1" in report and "--report-only" not in report  # the line that runs the rest
     assert list(done) == ["FP", "abl|c4|w3g32|norm=l2|s0"]
 

@@ -65,3 +65,19 @@ def test_quantize_help_has_a_flag_for_every_vlmq_config_field():
     dests = {action.dest for action in quantize._actions}
     renamed = {"seed": "random_seed"}  # --seed picks the calibration subset
     assert {renamed.get(f.name, f.name) for f in fields(VLMQConfig)} <= dests
+
+
+def test_every_vlmq_flag_reaches_the_config():
+    from dataclasses import asdict, fields
+
+    from vlmq_gptqmodel.config import VLMQConfig
+
+    args = cli.build_parser().parse_args(["quantize", "--demo", "--precursor", "gptq", "--importance", "random",
+                                          "--granularity", "layer", "--norm", "l2", "--targets", "q_proj,up_proj",
+                                          "--layer0", "rtn_probe", "--power", "0.5", "--min-weight", "0.2",
+                                          "--random-ratio", "0.25", "--random-factor", "0.1", "--random-seed", "3"])
+    got = asdict(cli.vlmq_config(args))
+    default = asdict(VLMQConfig())
+    changed = {name for name in got if got[name] != default[name]}
+    assert changed == {f.name for f in fields(VLMQConfig)} - {"residual", "gradient_at"}  # each flag given arrives
+    assert (got["power"], got["targets"], got["seed"]) == (0.5, ("q_proj", "up_proj"), 3)

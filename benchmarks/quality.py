@@ -208,20 +208,23 @@ class Bench:
         vision = batch["input_ids"] == family_of(config.model_type).image_token_id(config)
         return {"all": real, "vision": real & vision, "text": real & ~vision}
 
+    def stored_or_skipped(self, name: str) -> bool:
+        """True if run `name` is stored, or is not to be run (--report-only: then it is listed as missing)."""
+        if name in self.runs:
+            return True
+        if self.args.report_only:
+            self.missing.append(name)
+        return self.args.report_only
+
     def rtn(self, bits: int, group: int, attention_only: bool = False) -> None:
         name = f"rtn{'-attn' if attention_only else ''}|w{bits}g{group}"
-        if name not in self.runs and self.args.report_only:
-            self.missing.append(name)
-        elif name not in self.runs:
+        if not self.stored_or_skipped(name):
             model = apply_rtn(self.fp_model, bits, group, attention_only=attention_only)
             self.record(name, evaluate(model, self.processor, self.samples, reference_logits=self.fp), seconds=None)
 
     def quantized(self, name: str, bits: int, group: int, seed: int, calib: int, method: str, cfg, *,
                   attention_only: bool = False, alpha: float = 0.25, target: str = DEFAULT_TARGET) -> None:
-        if name in self.runs:
-            return
-        if self.args.report_only:
-            self.missing.append(name)
+        if self.stored_or_skipped(name):
             return
         conversations = calibration_conversations(calib, seed=seed, image_size=self.size, world=self.world)
         spec = QuantSpec(bits=bits, group_size=group, dtype=self.args.dtype, attention_only=attention_only,

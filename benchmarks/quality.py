@@ -51,7 +51,7 @@ from vlmq_gptqmodel.engines import DEFAULT_TARGET, ENGINES
 from vlmq_gptqmodel.runner import QuantSpec, quantize_to_dir
 from vlmq_gptqmodel.synth.stats import lower_share, paired_difference, top_share
 from vlmq_gptqmodel.synth.world import WORLDS, calibration_conversations
-from results_io import RESULTS as RESULTS_ROOT, reproduce_line, write_text
+from results_io import RESULTS as RESULTS_ROOT, reproduce_line, store_runs, write_text
 
 RESULTS = RESULTS_ROOT / "quality"
 SERVE_DTYPE = {"dequantized": torch.float32, "gptqmodel": torch.bfloat16}
@@ -156,6 +156,7 @@ class Bench:
                          "dtype": args.dtype, "serve": args.serve} | ({"world": args.world} if args.world else {})
         self.store = Path(args.results) / "quality.json"
         self.runs = {}
+        self.replace_store = args.fresh  # until this process first writes
         self.missing = []  # --report-only: the runs asked for that are not stored
         if args.report_only and not self.store.exists():
             raise SystemExit(f"--report-only: {self.store} does not exist: run without --report-only first")
@@ -199,7 +200,8 @@ class Bench:
         self.runs[name] = {"accuracy": result.accuracy, "per_kind": result.per_kind, "kl": result.mean_kl,
                            "correct": "".join("1" if c else "0" for c in result.correct),
                            "question_kl": [float(f"{x:.4g}") for x in result.question_kl or []], **extra}
-        write_text(self.store, json.dumps({"identity": self.identity, "runs": self.runs}))
+        self.runs = store_runs(self.store, self.identity, self.runs, replace=self.replace_store)
+        self.replace_store = False
 
     def token_sets(self, batch) -> dict:
         """Real (unpadded) tokens of a scoring batch: all, vision, text."""

@@ -377,11 +377,11 @@ def ablation_rows(runs, calib, settings, seeds, precursor: str, labels) -> str:
     return "\n".join(lines)
 
 
-def random_grid_rows(runs, calib, settings, seeds, precursor: str, labels) -> list[str]:
+def random_grid_rows(runs, calib, settings, seeds, precursor: str, variants: dict) -> list[str]:
     """Table 5's question, does gradient G beat random G: per setting, over the seeds at which VLMQ and every random
     setting asked for have run, VLMQ's mean exact match and KL, its rank among them all (1 = best), and the random
-    settings' min / median / max; nothing if no setting is complete."""
-    grid = [label for label in labels if label.startswith("random ")]
+    settings' min / median / max; nothing if no setting is complete. variants: ablation label -> VLMQConfig."""
+    grid = [label for label, cfg in variants.items() if cfg.importance == "random"]
     vlmq = f"VLMQ({precursor})"
     lines = []
     for bits, group in settings:
@@ -397,10 +397,10 @@ def random_grid_rows(runs, calib, settings, seeds, precursor: str, labels) -> li
         for field, scale, sign in (("accuracy", 1, 1), ("kl", 1e3, -1)):  # sign: +1 where higher is better
             # ranked as printed (3 decimals), so a tie in the table is a tie in the rank
             own = round(scale * mean("main", vlmq, field), 3)
-            random = sorted(round(scale * mean("abl", label, field), 3) for label in grid)
-            rank = 1 + sum(sign * (x - own) > 0 for x in random)  # 1 + the random settings strictly better
+            others = sorted(round(scale * mean("abl", label, field), 3) for label in grid)
+            rank = 1 + sum(sign * (x - own) > 0 for x in others)  # 1 + the random settings strictly better
             cells += [f"{own:.3f}", f"{rank} of {len(grid) + 1}",
-                      f"{random[0]:.3f} / {statistics.median(random):.3f} / {random[-1]:.3f}"]
+                      f"{others[0]:.3f} / {statistics.median(others):.3f} / {others[-1]:.3f}"]
         lines.append(f"| W{bits} g{group} | {','.join(map(str, done))} | " + " | ".join(cells) + " |")
     if not lines:
         return []
@@ -689,7 +689,7 @@ def write_report(bench, args, settings, attn_settings, sweep_settings, sizes, ab
                              [(label, base) for label in abl for base in (args.ablation_precursor.upper(),
                                                                           f"VLMQ({args.ablation_precursor})")],
                              base_part="main")]
-        text += random_grid_rows(runs, calib, abl_settings, abl_seeds, args.ablation_precursor, list(abl))
+        text += random_grid_rows(runs, calib, abl_settings, abl_seeds, args.ablation_precursor, abl)
     for scope, part in STUDY_PARTS.items():
         if not any(k.startswith(part + "|") for k in runs):
             continue

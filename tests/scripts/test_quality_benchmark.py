@@ -136,10 +136,13 @@ def test_a_world_the_model_cannot_read_is_refused_before_anything_is_written(tin
 def test_the_random_grid_table_ranks_gradient_g_over_the_seeds_all_settings_ran():
     sys.path.insert(0, str(SCRIPT.parent))
     try:
-        from quality import random_grid_rows
+        from quality import ablations, random_grid_rows
     finally:
         sys.path.remove(str(SCRIPT.parent))
+    from vlmq_gptqmodel import VLMQConfig
+    variants = ablations(VLMQConfig(precursor="gptaq"))
     grid = ["random LI=0.25 DW=0.01", "random LI=0.5 DW=0.01", "random LI=0.75 DW=0.01"]
+    asked = {label: variants[label] for label in ["norm=l2", *grid]}
     runs = {}
     for seed in (0, 1):  # VLMQ 0.70 / KL 0.100; the random ones 0.60, 0.70, 0.80 / KL 0.090, 0.100, 0.110
         runs[f"main|c8|w2g128|VLMQ(gptaq)|s{seed}"] = {"accuracy": 0.70, "kl": 0.100}
@@ -147,8 +150,8 @@ def test_the_random_grid_table_ranks_gradient_g_over_the_seeds_all_settings_ran(
             runs[f"abl|c8|w2g128|{label}|s{seed}"] = {"accuracy": 0.60 + 0.1 * i, "kl": 0.090 + 0.01 * i}
     runs["abl|c8|w2g128|random LI=0.25 DW=0.01|s2"] = {"accuracy": 0.99, "kl": 0.0}  # seed 2: the others missing
     runs["main|c8|w2g128|VLMQ(gptaq)|s2"] = {"accuracy": 0.0, "kl": 1.0}
-    table = "".join(random_grid_rows(runs, 8, [(2, 128), (3, 128)], [0, 1, 2], "gptaq", ["norm=l2", *grid]))
+    table = "".join(random_grid_rows(runs, 8, [(2, 128), (3, 128)], [0, 1, 2], "gptaq", asked))
     # ties count for VLMQ; seed 2 and the W3 setting (nothing ran) are left out; norm=l2 is not a random setting
     assert "| W2 g128 | 0,1 | 0.700 | 2 of 4 | 0.600 / 0.700 / 0.800 | 100.000 | 2 of 4 | 90.000 / 100.000 / 110.000 |" in table
     assert "W3" not in table and "the 3 random G settings" in table
-    assert random_grid_rows(runs, 8, [(3, 128)], [0, 1, 2], "gptaq", grid) == []
+    assert random_grid_rows(runs, 8, [(3, 128)], [0, 1, 2], "gptaq", asked) == []

@@ -382,12 +382,14 @@ def random_grid_rows(runs, calib, settings, seeds, precursor: str, variants: dic
     setting asked for have run, VLMQ's mean exact match and KL, its rank among them all (1 = best), and the random
     settings' min / median / max; nothing if no setting is complete. variants: ablation label -> VLMQConfig."""
     grid = [label for label, cfg in variants.items() if cfg.importance == "random"]
+    if not grid:
+        return []
     vlmq = f"VLMQ({precursor})"
     lines = []
     for bits, group in settings:
         done = [s for s in seeds if key("main", calib, bits, group, vlmq, s) in runs
                 and all(key("abl", calib, bits, group, label, s) in runs for label in grid)]
-        if not grid or not done:
+        if not done:
             continue
 
         def mean(part, label, field):

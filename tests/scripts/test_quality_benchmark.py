@@ -133,14 +133,11 @@ def test_a_world_the_model_cannot_read_is_refused_before_anything_is_written(tin
     assert not (tmp_path / "q" / "quality.json").exists()
 
 
-def test_the_random_grid_table_ranks_gradient_g_over_the_seeds_all_settings_ran():
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        from quality import ablations, random_grid_rows
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
+def test_the_random_grid_table_ranks_gradient_g_over_the_seeds_all_settings_ran(benchmark_module):
     from vlmq_gptqmodel import VLMQConfig
-    variants = ablations(VLMQConfig(precursor="gptaq"))
+    quality = benchmark_module("quality")
+    random_grid_rows = quality.random_grid_rows
+    variants = quality.ablations(VLMQConfig(precursor="gptaq"))
     grid = ["random LI=0.25 DW=0.01", "random LI=0.5 DW=0.01", "random LI=0.75 DW=0.01"]
     asked = {label: variants[label] for label in ["norm=l2", *grid]}
     runs = {}

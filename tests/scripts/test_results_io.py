@@ -29,12 +29,8 @@ def test_grids_writing_one_store_at_once_lose_no_run(tmp_path):
     assert not list(tmp_path.glob("*.partial"))  # every staged write was renamed into place
 
 
-def test_replace_drops_the_stored_runs_and_another_identity_is_not_adopted(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from results_io import store_runs
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+def test_replace_drops_the_stored_runs_and_another_identity_is_not_adopted(tmp_path, benchmark_module):
+    store_runs = benchmark_module("results_io").store_runs
     store = tmp_path / "quality.json"
     store_runs(store, {"model": "m"}, {"old": 1})
     assert store_runs(store, {"model": "m"}, {"new": 2}) == {"old": 1, "new": 2}

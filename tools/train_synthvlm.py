@@ -817,8 +817,13 @@ class StepFeeder:
         return PreparedStep(*self.pending.pop((stage, step)).get())
 
     def close(self) -> None:
+        """Let the workers finish what was asked of them, then stop them. Not terminate(): a worker stopped while
+        the trainer is still unpickling its last result takes the result's shared tensors with it, and the pool's
+        result thread dies on the broken share (CPython then raises "Cannot have cache with result_hander not
+        alive"). At most `ahead` steps, plus any a stage change dropped, are left to finish."""
         if self.pool is not None:
-            self.pool.terminate()
+            self.pool.close()
+            self.pool.join()
 
 
 def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type: str = "cpu") -> tuple[float, dict[str, float]]:

@@ -417,6 +417,8 @@ def test_steps_are_a_function_of_seed_stage_and_step_whoever_prepares_them():
         assert all(key[0] == FINAL_STAGE and key[1] > 4 for key in feeder.pending)
     finally:
         feeder.close()
+    # closing waits for the steps still being prepared (a worker stopped mid-hand-over breaks the pool's results)
+    assert feeder.pending and all(job.ready() for job in feeder.pending.values())
 
 
 def test_a_run_can_start_from_an_exported_model(tmp_path):

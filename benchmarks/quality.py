@@ -40,7 +40,7 @@ import vlmq_gptqmodel  # noqa: F401  (registers method="vlmq")
 from vlmq_gptqmodel.errors import BadInput
 from vlmq_gptqmodel.families import family_of
 from vlmq_gptqmodel.synth.compare import layer_output_errors_by
-from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, PROJECTIONS, VLMQConfig
+from vlmq_gptqmodel.config import ATTENTION_PROJECTIONS, MLP_PROJECTIONS, PROJECTIONS, VLMQConfig
 from vlmq_gptqmodel.synth.dequantized import load_dequantized
 from vlmq_gptqmodel.synth.evaluation import (
     encode_scored, eval_samples, evaluate, load_for_eval, processor_image_size, questions_of, resolve_model,
@@ -87,6 +87,8 @@ def ablations(base: VLMQConfig) -> dict:
         "min_weight=0.3 (floored G)": replace(base, min_weight=0.3),
         # not in the paper either: the MLP projections token-weighted too, g from the MLP block
         "targets=+MLP (gate/up/down weighted)": replace(base, targets=PROJECTIONS),
+        # and the MLPs alone: the attention's G showed no gain over random G here, the MLPs' did at W2
+        "targets=MLP only (attention unweighted)": replace(base, targets=MLP_PROJECTIONS),
         # not in the paper: g tempered (H weighted by g, not g^2), so the Hessian rests on more tokens
         "power=0.5 (tempered G)": replace(base, power=0.5),
     }

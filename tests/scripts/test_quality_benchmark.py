@@ -152,3 +152,11 @@ def test_the_random_grid_table_ranks_gradient_g_over_the_seeds_all_settings_ran(
     assert "| W2 g128 | 0,1 | 0.700 | 2 of 4 | 0.600 / 0.700 / 0.800 | 100.000 | 2 of 4 | 90.000 / 100.000 / 110.000 |" in table
     assert "W3" not in table and "the 3 random G settings" in table
     assert random_grid_rows(runs, 8, [(3, 128)], [0, 1, 2], "gptaq", asked) == []
+
+
+def test_every_ablation_changes_the_base_config_and_no_two_ablations_are_the_same_run(benchmark_module):
+    from vlmq_gptqmodel import VLMQConfig
+    base = VLMQConfig(precursor="gptaq")
+    configs = [cfg.to_meta() for cfg in benchmark_module("quality").ablations(base).values()]
+    assert base.to_meta() not in configs  # a variant equal to VLMQ itself would be a rerun under another name
+    assert len({repr(sorted(c.items())) for c in configs}) == len(configs)

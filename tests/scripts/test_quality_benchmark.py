@@ -111,7 +111,8 @@ def test_the_ablations_run_only_the_variants_asked_for(tiny_vlm, tmp_path):
     assert refused.returncode != 0 and "--ablation-variants" in refused.stderr
 
 
-def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp_path):
+def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp_path, benchmark_module):
+    from vlmq_gptqmodel import VLMQConfig
     model_dir = tiny_vlm("qwen2_vl")
     refused = _run(model_dir, tmp_path / "q", "--report-only", ok=False)  # nothing stored yet
     assert refused.returncode != 0 and "run without --report-only first" in refused.stderr
@@ -124,7 +125,8 @@ def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp
     assert (tmp_path / "q" / "quality.json").read_bytes() == stored  # nothing quantized, nothing written there
     report = (tmp_path / "q" / "quality.md").read_text()
     assert "| W3 g32 | norm=l2 |" in report
-    assert "35 runs of the command below are not stored yet" in report  # 18 ablations x 2 seeds, less norm=l2 s0
+    missing = 2 * len(benchmark_module("quality").ablations(VLMQConfig())) - 1  # every ablation x 2 seeds, less norm=l2 s0
+    assert f"{missing} runs of the command below are not stored yet" in report
     assert "--ablation-seeds 0,1" in report and "--report-only" not in report  # the line that runs the rest
     assert list(done) == ["FP", "abl|c4|w3g32|norm=l2|s0"]
 

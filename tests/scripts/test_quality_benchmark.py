@@ -19,8 +19,12 @@ def _run(model_dir, results, *extra, ok=True):
     return json.loads((results / "quality.json").read_text())["runs"]
 
 
-def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_path, benchmark_module):
+def _ablation_labels(benchmark_module) -> list:
     from vlmq_gptqmodel import VLMQConfig
+    return list(benchmark_module("quality").ablations(VLMQConfig()))
+
+
+def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_path, benchmark_module):
     model_dir = tiny_vlm("qwen2_vl")
     runs = _run(model_dir, tmp_path / "deq", "--seeds", "0,1", "--attention-settings", "w3g32", "--attention-seeds", "1",
                 "--sweep-sizes", "2,4", "--sweep-settings", "w3g32", "--ablation-settings", "w3g32",
@@ -48,8 +52,7 @@ def test_quality_benchmark_runs_every_part_and_writes_its_report(tiny_vlm, tmp_p
     assert runs["rtn-attn|w3g32"]["kl"] < runs["rtn|w3g32"]["kl"]
     assert not any(k.startswith("attn|") and k.endswith("|s0") for k in runs)  # only --attention-seeds
     ablation_runs = [k for k in runs if k.startswith("abl|")]
-    variants = benchmark_module("quality").ablations(VLMQConfig())
-    assert sorted(ablation_runs) == sorted(f"abl|c4|w3g32|{v}|s1" for v in variants)  # each once, --ablation-seeds only
+    assert sorted(ablation_runs) == sorted(f"abl|c4|w3g32|{v}|s1" for v in _ablation_labels(benchmark_module))  # each once, --ablation-seeds only
     # the study is attention-only by default and reuses the attention-only part's own alpha-0.25 runs
     assert len([k for k in runs if k.startswith("study-attn|")]) == 9
     assert runs["study-attn|c4|w3g32|GPTAQ alpha=0.25|s1"] == runs["attn|c4|w3g32|GPTAQ|s1"]
@@ -112,7 +115,6 @@ def test_the_ablations_run_only_the_variants_asked_for(tiny_vlm, tmp_path):
 
 
 def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp_path, benchmark_module):
-    from vlmq_gptqmodel import VLMQConfig
     model_dir = tiny_vlm("qwen2_vl")
     refused = _run(model_dir, tmp_path / "q", "--report-only", ok=False)  # nothing stored yet
     assert refused.returncode != 0 and "run without --report-only first" in refused.stderr
@@ -125,7 +127,7 @@ def test_report_only_renders_the_stored_runs_and_quantizes_nothing(tiny_vlm, tmp
     assert (tmp_path / "q" / "quality.json").read_bytes() == stored  # nothing quantized, nothing written there
     report = (tmp_path / "q" / "quality.md").read_text()
     assert "| W3 g32 | norm=l2 |" in report
-    missing = 2 * len(benchmark_module("quality").ablations(VLMQConfig())) - 1  # every ablation x 2 seeds, less norm=l2 s0
+    missing = 2 * len(_ablation_labels(benchmark_module)) - 1  # every ablation x 2 seeds, less norm=l2 s0
     assert f"{missing} runs of the command below are not stored yet" in report
     assert "--ablation-seeds 0,1" in report and "--report-only" not in report  # the line that runs the rest
     assert list(done) == ["FP", "abl|c4|w3g32|norm=l2|s0"]

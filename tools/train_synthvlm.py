@@ -69,6 +69,10 @@ from typing import NamedTuple
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, eager_mask
+from transformers.models.qwen2_vl.modeling_qwen2_vl import eager_attention_forward
 
 from vlmq_gptqmodel.families import QWEN_VL
 from vlmq_gptqmodel.synth import text_lm, tiny_vlm
@@ -377,10 +381,24 @@ class FactStream:
         return windows, targets
 
 
+def predicting(later: torch.Tensor) -> torch.Tensor:
+    """(batch, length - 1) marks on tokens 1.. -> the (batch, length) marks on the positions that predict them."""
+    return torch.cat([later, torch.zeros_like(later[:, :1])], dim=1)
+
+
+def next_token_logits(model, predictors: torch.Tensor, **inputs) -> torch.Tensor:
+    """The logits at the positions `predictors` marks, those alone, in row-major order: the LM head over every
+    position (most of them image tokens, whose next token is never a target) was a fifth of a step on the CPU."""
+    hidden = model.model(**inputs).last_hidden_state
+    return model.lm_head(hidden[predictors])
+
+
 def next_word_loss(model, windows: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Cross-entropy of each window's next words (no image) against `targets` (-100: not a target)."""
-    logits = model(input_ids=windows).logits[:, :-1]
-    return F.cross_entropy(logits.flatten(0, 1).float(), targets[:, 1:].flatten(), ignore_index=-100)
+    later = targets[:, 1:]
+    scored = later != -100
+    logits = next_token_logits(model, predicting(scored), input_ids=windows)
+    return F.cross_entropy(logits.float(), later[scored])
 
 
 def text_loss(model, windows: torch.Tensor, unknown: int) -> torch.Tensor:
@@ -437,6 +455,17 @@ def encode_training_batch(processor, conversations, images):
     batch["labels_mask"] = assistant_mask(batch["input_ids"], processor.tokenizer)
     return batch
 
+
+def embed_patches_by_matmul(model) -> None:
+    """The vision tower's patch embedding is a Conv3d whose stride is its kernel: on the processor's flattened
+    patches the same map is one matmul, a third of the convolution's time on the CPU (forward and backward)."""
+    embed = model.model.visual.patch_embed
+
+    def forward(patches: torch.Tensor) -> torch.Tensor:
+        weight = embed.proj.weight  # (embed_dim, channels, frames, patch, patch): a patch row's own layout
+        return patches.to(weight.dtype).reshape(-1, weight[0].numel()) @ weight.flatten(1).T
+
+    embed.forward = forward
 
 class TileProbe(torch.nn.Module):
     """Training-only linear heads on the vision tower's merged tokens (the language model's image inputs):
@@ -503,16 +532,31 @@ class SpreadInputs:
         return keep
 
 
+def attend_eager_where_weights_are_kept(module, *args, **kwargs):
+    """Eager attention (the only implementation that returns the weights) in the attention modules HeadAttention
+    marked, SDPA elsewhere: eager attention in every layer cost a tenth of a step on the CPU. Both take the eager
+    (additive) mask registered with it."""
+    attend = eager_attention_forward if getattr(module, "keeps_weights", False) else sdpa_attention_forward
+    return attend(module, *args, **kwargs)
+
+
+EAGER_WHERE_KEPT = "eager_where_weights_are_kept"
+AttentionInterface.register(EAGER_WHERE_KEPT, attend_eager_where_weights_are_kept)
+AttentionMaskInterface.register(EAGER_WHERE_KEPT, eager_mask)
+
+
 class HeadAttention:
-    """Keeps head 0's attention weights in some language-model layers (forward hooks; needs eager attention,
-    the only implementation that returns the weights)."""
+    """Keeps head 0's attention weights in some language-model layers (forward hooks on attention modules that
+    run eager attention; the other layers keep SDPA)."""
 
     def __init__(self, model, layers):
         self.weights = {}
-        model.model.language_model.set_attn_implementation("eager")
+        model.model.language_model.set_attn_implementation(EAGER_WHERE_KEPT)
         decoder = QWEN_VL.decoder_layers(model)
         for layer in layers:
-            getattr(decoder[layer], QWEN_VL.attention).register_forward_hook(self._keeper(layer))
+            attention = getattr(decoder[layer], QWEN_VL.attention)
+            attention.keeps_weights = True
+            attention.register_forward_hook(self._keeper(layer))
 
     def _keeper(self, layer: int):
         def keep(module, inputs, output):
@@ -604,11 +648,10 @@ def spread_tokens(attention_mask: torch.Tensor, n: int, generator: torch.Generat
 
 
 def training_loss(model, batch) -> torch.Tensor:
-    mask = batch.pop("labels_mask")
-    logits = model(**batch).logits[:, :-1]
-    targets = batch["input_ids"][:, 1:]
-    keep = mask[:, 1:]
-    return F.cross_entropy(logits[keep].float(), targets[keep])
+    """Cross-entropy of the answer tokens (the batch's labels_mask), each predicted from the position before it."""
+    answers = batch.pop("labels_mask")[:, 1:]
+    logits = next_token_logits(model, predicting(answers), **batch)
+    return F.cross_entropy(logits.float(), batch["input_ids"][:, 1:][answers])
 
 
 def learning_rate(step: int, args, final_start: int | None) -> float:
@@ -924,6 +967,7 @@ def train(args) -> dict:
     probes = torch.nn.ModuleDict({name: TileProbe(model.config.text_config.hidden_size, n_tiles)
                                   for name in ("tiles", "read")})
     model.to(device), probes.to(device)
+    embed_patches_by_matmul(model)
     vision_tokens = VisionTokens(model)
     hops = (args.bind_layer - 1, args.bind_layer) + ((args.bind_layer + 1,) if args.copy_loss > 0 else ())
     head_attention = HeadAttention(model, hops) if args.bind_loss > 0 else None

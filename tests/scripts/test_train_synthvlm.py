@@ -190,6 +190,40 @@ def test_supervised_head_weights_are_the_layers_attention():
     assert float(weights.triu(1)[real].abs().max()) == 0.0  # padding queries aside
 
 
+def test_patch_embedding_by_matmul_is_the_convolution():
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
+    patches = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)["pixel_values"]
+    embed = model.model.visual.patch_embed
+    with torch.no_grad():
+        convolved = embed(patches)
+        train_synthvlm.embed_patches_by_matmul(model)
+        assert torch.allclose(embed(patches), convolved, atol=1e-5)
+        embed.proj.weight.mul_(2)  # the matmul reads the weight at call time (resumes, dtype round trips)
+        assert torch.allclose(embed(patches), 2 * convolved, atol=1e-5)
+
+def test_only_the_layers_whose_weights_are_kept_run_eager_attention_and_the_output_is_unchanged():
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "2", "--layers", "3"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    batch.pop("labels_mask")
+    assert batch["attention_mask"].eq(0).any()  # padded rows: the mask must reach both implementations
+    model.model.language_model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(**batch).logits
+    train_synthvlm.HeadAttention(model, (1,))
+    ran = []
+    for attention in (layer.self_attn for layer in train_synthvlm.QWEN_VL.decoder_layers(model)):
+        attention.register_forward_hook(lambda m, i, out: ran.append(out[1] is not None))
+    with torch.no_grad():
+        mixed = model(**batch).logits
+    assert ran == [False, True, False]  # weights only where kept: the other layers ran SDPA
+    real = batch["attention_mask"].bool()
+    assert torch.allclose(mixed[real], eager[real], atol=1e-5)
+
+
 def test_a_bind_layer_outside_the_model_is_refused_before_training(tmp_path):
     for layer in ("2", "0"):
         with pytest.raises(SystemExit, match=f"--bind-layer {layer} does not fit a 2-layer"):
@@ -467,12 +501,30 @@ def test_a_text_run_learns_the_stdlib_first_keeps_it_in_every_curriculum_step_an
 
 def test_text_loss_scores_every_next_word_but_unknown_ones():
     unknown = 1
+    args = train_synthvlm.parse_args([*TINY, "--out", "unused"])
+    model, _ = train_synthvlm.build_fresh_model(args)
     windows = torch.tensor([[2, 3, unknown, 4], [4, 4, 3, 2]])
-    logits = torch.randn(2, 4, 6)
-    model = lambda input_ids: type("Out", (), {"logits": logits})()  # noqa: E731
+    logits = model(input_ids=windows).logits
     kept = [(0, 0, 3), (0, 2, 4), (1, 0, 4), (1, 1, 3), (1, 2, 2)]  # (row, position, next word); (0, 1) is unknown
     expected = torch.stack([-logits[r, p].log_softmax(-1)[w] for r, p, w in kept]).mean()
-    assert torch.allclose(train_synthvlm.text_loss(model, windows, unknown), expected)
+    assert torch.allclose(train_synthvlm.text_loss(model, windows, unknown), expected, atol=1e-6)
+
+
+def test_answer_loss_from_the_answer_positions_alone_equals_it_over_every_position():
+    """training_loss runs the LM head on the positions that predict answer tokens only; loss and gradients must be
+    those of the cross-entropy over the full logits, masked (a shift by one, or another row order, would not be)."""
+    args = train_synthvlm.parse_args([*TINY, "--out", "unused", "--batch-size", "3"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    answers = batch["labels_mask"][:, 1:]
+    assert answers.any(1).all() and not answers.all()
+    full = model(**{k: v for k, v in batch.items() if k != "labels_mask"}).logits[:, :-1]
+    expected = torch.nn.functional.cross_entropy(full[answers], batch["input_ids"][:, 1:][answers])
+    expected_grad = torch.autograd.grad(expected, model.lm_head.weight)[0]
+    loss = train_synthvlm.training_loss(model, dict(batch))
+    assert torch.allclose(loss, expected, atol=1e-6)
+    assert torch.allclose(torch.autograd.grad(loss, model.lm_head.weight)[0], expected_grad, atol=1e-6)
 
 
 def test_text_training_without_the_texts_words_is_refused_before_training(tmp_path):

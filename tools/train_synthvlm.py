@@ -72,7 +72,6 @@ import torch.nn.functional as F
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, eager_mask
-from transformers.models.qwen2_vl.modeling_qwen2_vl import eager_attention_forward
 
 from vlmq_gptqmodel.families import QWEN_VL
 from vlmq_gptqmodel.synth import text_lm, tiny_vlm
@@ -532,35 +531,47 @@ class SpreadInputs:
         return keep
 
 
-def attend_eager_where_weights_are_kept(module, *args, **kwargs):
-    """Eager attention (the only implementation that returns the weights) in the attention modules HeadAttention
-    marked, SDPA elsewhere: eager attention in every layer cost a tenth of a step on the CPU. Both take the eager
-    (additive) mask registered with it."""
-    attend = eager_attention_forward if getattr(module, "keeps_weights", False) else sdpa_attention_forward
+def attention_with_log_weights(module, query, key, value, attention_mask, scaling, dropout=0.0, **kwargs):
+    """Eager attention that returns the log-weights (log-softmax of the scores) instead of the weights: a binding
+    loss of -log(weight) has no gradient once a weight underflows to 0 in float32 (scores 100+ apart, as layer 1's
+    were after the facts recipe's text steps in a CPU run), and a log-weight never underflows."""
+    key, value = (t.repeat_interleave(module.num_key_value_groups, dim=1) for t in (key, value))
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask[:, :, :, : key.shape[-2]]
+    log_weights = F.log_softmax(scores.float(), dim=-1)
+    weights = F.dropout(log_weights.exp().to(query.dtype), p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), log_weights
+
+
+def attend_keeping_log_weights_where_marked(module, *args, **kwargs):
+    """attention_with_log_weights in the attention modules HeadAttention marked, SDPA elsewhere (eager attention
+    in every layer cost a tenth of a step on the CPU). Both take the eager (additive) mask registered with it."""
+    attend = attention_with_log_weights if getattr(module, "keeps_log_weights", False) else sdpa_attention_forward
     return attend(module, *args, **kwargs)
 
 
-EAGER_WHERE_KEPT = "eager_where_weights_are_kept"
-AttentionInterface.register(EAGER_WHERE_KEPT, attend_eager_where_weights_are_kept)
-AttentionMaskInterface.register(EAGER_WHERE_KEPT, eager_mask)
+LOG_WEIGHTS_WHERE_MARKED = "log_weights_where_marked"
+AttentionInterface.register(LOG_WEIGHTS_WHERE_MARKED, attend_keeping_log_weights_where_marked)
+AttentionMaskInterface.register(LOG_WEIGHTS_WHERE_MARKED, eager_mask)
 
 
 class HeadAttention:
-    """Keeps head 0's attention weights in some language-model layers (forward hooks on attention modules that
-    run eager attention; the other layers keep SDPA)."""
+    """Keeps head 0's attention log-weights in some language-model layers (forward hooks on the attention modules
+    it marks; the other layers keep SDPA)."""
 
     def __init__(self, model, layers):
-        self.weights = {}
-        model.model.language_model.set_attn_implementation(EAGER_WHERE_KEPT)
+        self.log_weights = {}
+        model.model.language_model.set_attn_implementation(LOG_WEIGHTS_WHERE_MARKED)
         decoder = QWEN_VL.decoder_layers(model)
         for layer in layers:
             attention = getattr(decoder[layer], QWEN_VL.attention)
-            attention.keeps_weights = True
+            attention.keeps_log_weights = True
             attention.register_forward_hook(self._keeper(layer))
 
     def _keeper(self, layer: int):
         def keep(module, inputs, output):
-            self.weights[layer] = output[1][:, 0]
+            self.log_weights[layer] = output[1][:, 0]
         return keep
 
 
@@ -608,13 +619,17 @@ def read_tiles(input_ids: torch.Tensor, read: torch.Tensor, image_pad_id: int) -
     return before[read[:, 0], read[:, 2]]
 
 
-def binding_loss(weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Mean over queries of minus the log of the attention the query gives its target keys."""
+def binding_loss(log_weights: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over queries of minus the log of the attention the query gives its target keys, from the attention's
+    log-weights (a logsumexp over each query's target keys)."""
     if len(targets) == 0:
-        return weights.sum() * 0
-    picked = weights[targets[:, 0], targets[:, 1], targets[:, 2]].float()
-    per_query = torch.zeros(int(targets[:, 3].max()) + 1, device=picked.device).index_add(0, targets[:, 3], picked)
-    return -torch.log(per_query + 1e-6).mean()
+        return log_weights.flatten()[0] * 0
+    picked = log_weights[targets[:, 0], targets[:, 1], targets[:, 2]].float()
+    query = targets[:, 3]
+    peak = torch.full((int(query.max()) + 1,), -torch.inf, device=picked.device)
+    peak = peak.scatter_reduce(0, query, picked.detach(), "amax")
+    per_query = torch.zeros_like(peak).index_add(0, query, (picked - peak[query]).exp()).log() + peak
+    return -per_query.mean()
 
 
 def copy_readout_loss(model, hidden: torch.Tensor, answers: torch.Tensor, name_ids: torch.Tensor) -> torch.Tensor:
@@ -1059,7 +1074,7 @@ def train(args) -> dict:
                 names = ("gather_loss", "read_loss", "copy_loss")
                 for name, layer, weight, hop_targets in zip(names, hops, weights, targets):
                     auxiliary[name] = (weight, lambda layer=layer, hop_targets=hop_targets:
-                                       binding_loss(head_attention.weights[layer], hop_targets))
+                                       binding_loss(head_attention.log_weights[layer], hop_targets))
                 read = targets[1]
                 if read_output is not None and len(read):
                     tiles = read_tiles(batch["input_ids"], read, QWEN_VL.image_token_id(model.config))

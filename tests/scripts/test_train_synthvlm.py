@@ -165,15 +165,26 @@ def test_binding_loss_is_minus_log_of_the_attention_on_each_querys_keys():
     targets = torch.tensor([[0, 3, 1, 0], [1, 4, 2, 1], [1, 4, 3, 1]])  # query (1, 4) has two keys
     uniform = torch.full((2, 5, 5), 0.2)
     expected = (torch.log(torch.tensor(5.0)) + torch.log(torch.tensor(2.5))) / 2
-    assert torch.isclose(train_synthvlm.binding_loss(uniform, targets), expected)
+    assert torch.isclose(train_synthvlm.binding_loss(uniform.log(), targets), expected)
     focused = torch.zeros(2, 5, 5)
     focused[0, 3, 1] = focused[1, 4, 2] = 0.5
     focused[0, 3, 0] = focused[1, 4, 3] = 0.5
-    assert torch.isclose(train_synthvlm.binding_loss(focused, targets), torch.log(torch.tensor(2.0)) / 2)
+    assert torch.isclose(train_synthvlm.binding_loss(focused.log(), targets), torch.log(torch.tensor(2.0)) / 2)
+
+
+def test_binding_loss_keeps_its_gradient_when_the_target_weight_underflows():
+    """Scores 300 apart: softmax gives the target exactly 0 in float32, so a loss read off the weights would sit at
+    its floor with no gradient (a CPU run's read hop did, for its whole first stage); from log-weights it does not."""
+    scores = torch.tensor([[[0.0, 300.0, 0.0]]], requires_grad=True)
+    assert float(scores.detach().softmax(-1)[0, 0, 0]) == 0.0
+    loss = train_synthvlm.binding_loss(scores.log_softmax(-1), torch.tensor([[0, 0, 0, 0]]))
+    assert torch.isclose(loss, torch.tensor(300.0) + torch.log1p(torch.exp(torch.tensor(-300.0)) * 2))
+    loss.backward()
+    assert scores.grad[0, 0, 0] < -0.99 and scores.grad[0, 0, 1] > 0.99
 
 
 def test_supervised_head_weights_are_the_layers_attention():
-    """The hook keeps head 0's softmax weights of the chosen layer: rows sum to one and nothing looks ahead."""
+    """The hook keeps head 0's log-weights of the chosen layer: their weights sum to one per row, none looks ahead."""
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "2"])
     model, processor = train_synthvlm.build_fresh_model(args)
     head = train_synthvlm.HeadAttention(model, (0, 1))
@@ -182,8 +193,8 @@ def test_supervised_head_weights_are_the_layers_attention():
     batch.pop("labels_mask")
     with torch.no_grad():
         model(**batch)
-    assert not torch.allclose(head.weights[0], head.weights[1])
-    weights = head.weights[1]
+    assert not torch.allclose(head.log_weights[0], head.log_weights[1])
+    weights = head.log_weights[1].exp()
     assert weights.shape == (2, batch["input_ids"].shape[1], batch["input_ids"].shape[1])
     real = batch["attention_mask"].bool()
     assert torch.allclose(weights.sum(-1)[real], torch.ones(int(real.sum())), atol=1e-5)

@@ -466,6 +466,7 @@ def embed_patches_by_matmul(model) -> None:
 
     embed.forward = forward
 
+
 class TileProbe(torch.nn.Module):
     """Training-only linear heads on the vision tower's merged tokens (the language model's image inputs):
     each token's colour, shape, size and glyph (or none) and its tile row and column. The answer loss alone

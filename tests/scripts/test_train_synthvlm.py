@@ -214,7 +214,8 @@ def test_patch_embedding_by_matmul_is_the_convolution():
         embed.proj.weight.mul_(2)  # the matmul reads the weight at call time (resumes, dtype round trips)
         assert torch.allclose(embed(patches), 2 * convolved, atol=1e-5)
 
-def test_only_the_layers_whose_weights_are_kept_run_eager_attention_and_the_output_is_unchanged():
+
+def test_only_the_layers_whose_weights_are_kept_run_the_weight_keeping_attention_and_the_output_is_unchanged():
     args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "2", "--layers", "3"])
     model, processor = train_synthvlm.build_fresh_model(args)
     rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
@@ -230,7 +231,7 @@ def test_only_the_layers_whose_weights_are_kept_run_eager_attention_and_the_outp
         attention.register_forward_hook(lambda m, i, out: ran.append(out[1] is not None))
     with torch.no_grad():
         mixed = model(**batch).logits
-    assert ran == [False, True, False]  # weights only where kept: the other layers ran SDPA
+    assert ran == [False, True, False]  # log-weights only where kept: the other layers ran SDPA
     real = batch["attention_mask"].bool()
     assert torch.allclose(mixed[real], eager[real], atol=1e-5)
 

@@ -3,6 +3,7 @@ loads as an fp16 Qwen2-VL, a rerun resumes from the checkpoint instead of starti
 only sees the assistant's words."""
 import itertools
 import json
+import shutil
 
 import pytest
 import torch
@@ -213,6 +214,45 @@ def test_patch_embedding_by_matmul_is_the_convolution():
         assert torch.allclose(embed(patches), convolved, atol=1e-5)
         embed.proj.weight.mul_(2)  # the matmul reads the weight at call time (resumes, dtype round trips)
         assert torch.allclose(embed(patches), 2 * convolved, atol=1e-5)
+
+
+@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="torch.compile needs a C++ compiler")
+def test_compiled_mlps_keep_the_loss_its_gradients_and_the_weight_names():
+    args = train_synthvlm.parse_args([*TINY, "--out", "unused", "--batch-size", "3"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    rows = train_synthvlm.CurriculumStream(args).batch(FINAL_STAGE, step=0)
+    batch = train_synthvlm.encode_training_batch(processor, rows.conversations, rows.images)
+    names = list(model.state_dict())
+    mlps = [block.mlp for block in model.model.visual.blocks] + [l.mlp for l in model.model.language_model.layers]
+
+    def loss_and_grads():
+        loss = train_synthvlm.training_loss(model, dict(batch))
+        return loss, torch.autograd.grad(loss, [p for mlp in mlps for p in mlp.parameters()])
+
+    eager, eager_grads = loss_and_grads()
+    train_synthvlm.compile_mlps(model, torch.device("cpu"))
+    assert all(mlp._compiled_call_impl is not None for mlp in mlps)  # every MLP, vision and language
+    compiled, compiled_grads = loss_and_grads()
+    assert torch.allclose(compiled, eager, atol=1e-5)
+    assert all(torch.allclose(c, e, atol=1e-5) for c, e in zip(compiled_grads, eager_grads))
+    assert list(model.state_dict()) == names  # checkpoints and exports keep loading
+
+
+def test_compiling_without_a_cpp_compiler_is_refused_before_training(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_synthvlm.shutil, "which", lambda name: None)
+    with pytest.raises(SystemExit, match="C\\+\\+ compiler"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--compile"])
+    assert not (tmp_path / "run").exists()
+
+
+def test_between_full_reports_validation_scores_the_current_stage_alone_with_the_same_result():
+    args = train_synthvlm.parse_args([*TINY, "--out", "unused", "--val-samples", "2"])
+    model, processor = train_synthvlm.build_fresh_model(args)
+    full = train_synthvlm.validate(model, processor, args, stage=1)
+    lean = train_synthvlm.validate(model, processor, args, stage=1, full=False)
+    assert set(full) == {"stage1", f"stage{FINAL_STAGE}"} and "blank_accuracy" in full["stage1"]
+    assert set(lean) == {"stage1"} and "blank_accuracy" not in lean["stage1"]
+    assert lean["stage1"]["accuracy"] == full["stage1"]["accuracy"]  # what advancing reads is unchanged
 
 
 def test_only_the_layers_whose_weights_are_kept_run_the_weight_keeping_attention_and_the_output_is_unchanged():

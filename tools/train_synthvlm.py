@@ -712,7 +712,7 @@ def blanked(samples, image_size: int, seed: int):
 def validate(model, processor, args, stage: int, text: TextStream | None = None, full: bool = True) -> dict:
     """Per-kind exact match on the validation images of `stage` and of the final stage, each also with the images
     blanked; with `text`, the next-word loss on its held-out windows. Not `full`: `stage`'s exact match alone, what
-    advancing needs (a quarter of the full report's time: the rest is diagnostics)."""
+    advancing needs (an eighth of the full report's time on the CPU: the rest is diagnostics)."""
     model.eval()
     report = {} if text is None else {"text_held_out_loss": held_out_text_loss(model, text)}
     for s in sorted({stage, final_stage(args.world)}) if full else (stage,):

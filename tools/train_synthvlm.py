@@ -239,6 +239,10 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     args.fact_pretrain_rows = args.fact_rows if args.fact_pretrain_rows is None else args.fact_pretrain_rows
     # Checked here, before --out is created: a refused run leaves nothing behind.
+    for flag in ("eval_every", "report_every"):
+        if getattr(args, flag) < 1:
+            raise SystemExit(f"--{flag.replace('_', '-')} {getattr(args, flag)}: it counts steps between validations; "
+                             f"give 1 or more")
     if args.bind_loss > 0 and not 1 <= args.bind_layer < args.layers:
         raise SystemExit(f"--bind-layer {args.bind_layer} does not fit a {args.layers}-layer language model: the "
                          f"layer before it gathers the question's words, so use 1..{args.layers - 1}, or --bind-loss 0")
@@ -475,11 +479,14 @@ def embed_patches_by_matmul(model) -> None:
     embed.forward = forward
 
 
+CPP_COMPILERS = ("g++", "c++", "clang++")  # any one lets torch.compile build its CPU kernels
+
+
 def compile_mlps(model, device: torch.device) -> None:
     """torch.compile each MLP of the vision tower and the language model, in place (their weights keep their names):
     fused activations and products instead of one pass over memory per elementwise op (tools/TRAINING.md). Only the
     MLPs: the attention modules carry the hooks the auxiliary losses read."""
-    if device.type == "cpu" and not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+    if device.type == "cpu" and not any(map(shutil.which, CPP_COMPILERS)):
         raise SystemExit("--compile on a CPU needs a C++ compiler (torch.compile builds C++ kernels): install g++ "
                          "or drop --compile")
     for block in model.model.visual.blocks:

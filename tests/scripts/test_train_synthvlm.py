@@ -216,7 +216,7 @@ def test_patch_embedding_by_matmul_is_the_convolution():
         assert torch.allclose(embed(patches), 2 * convolved, atol=1e-5)
 
 
-@pytest.mark.skipif(not any(map(shutil.which, ("g++", "c++", "clang++"))), reason="torch.compile needs a C++ compiler")
+@pytest.mark.skipif(not any(map(shutil.which, train_synthvlm.CPP_COMPILERS)), reason="torch.compile needs a C++ compiler")
 def test_compiled_mlps_keep_the_loss_its_gradients_and_the_weight_names():
     args = train_synthvlm.parse_args([*TINY, "--out", "unused", "--batch-size", "3"])
     model, processor = train_synthvlm.build_fresh_model(args)
@@ -242,6 +242,13 @@ def test_compiling_without_a_cpp_compiler_is_refused_before_training(tmp_path, m
     monkeypatch.setattr(train_synthvlm.shutil, "which", lambda name: None)
     with pytest.raises(SystemExit, match="C\\+\\+ compiler"):
         train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, "--compile"])
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("flag", ["--eval-every", "--report-every"])
+def test_validation_intervals_below_one_step_are_refused_before_training(tmp_path, flag):
+    with pytest.raises(SystemExit, match=f"{flag} 0"):
+        train_synthvlm.main(["--out", str(tmp_path / "run"), *TINY, flag, "0"])
     assert not (tmp_path / "run").exists()
 
 

@@ -60,10 +60,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import multiprocessing
 import os
 import shutil
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from pathlib import Path
 from typing import NamedTuple
@@ -892,27 +895,33 @@ class StepFeeder:
         self.pending = {}
         self.pool = None
         if workers > 0:
-            import multiprocessing
+            # an executor, not multiprocessing.Pool: a Pool whose worker is killed (out of memory, say) loses
+            # that worker's job and the trainer waits for it forever; the executor fails the job instead.
             # spawn: a forked child would inherit the trainer's thread pools (and, on a GPU, its CUDA context)
-            self.pool = multiprocessing.get_context("spawn").Pool(workers, initializer=_start_worker, initargs=(args,))
+            self.pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_start_worker, initargs=(args,))
 
     def get(self, stage: int, step: int) -> PreparedStep:
         if self.pool is None:
             return prepare_step(self.args, self.processor, stage, step)
-        self.pending = {key: job for key, job in self.pending.items() if key[0] == stage and key[1] >= step}
-        for ahead in range(step, step + self.ahead):
-            if (stage, ahead) not in self.pending:
-                self.pending[(stage, ahead)] = self.pool.apply_async(_prepare_in_worker, (stage, ahead))
-        return PreparedStep(*self.pending.pop((stage, step)).get())
+        for key in [key for key in self.pending if key[0] != stage or key[1] < step]:
+            self.pending.pop(key).cancel()  # a stage the run has left: dropped (finished if already started)
+        try:
+            for ahead in range(step, step + self.ahead):
+                if (stage, ahead) not in self.pending:
+                    self.pending[(stage, ahead)] = self.pool.submit(_prepare_in_worker, stage, ahead)
+            return PreparedStep(*self.pending.pop((stage, step)).result())
+        except BrokenProcessPool:
+            raise SystemExit(f"a --data-workers process died while preparing step {step} (killed, or out of "
+                             f"memory): run the same command again to resume from the last checkpoint, with "
+                             f"fewer --data-workers if memory is short") from None
 
     def close(self) -> None:
-        """Let the workers finish what was asked of them, then stop them. Not terminate(): a worker stopped while
-        the trainer is still unpickling its last result takes the result's shared tensors with it, and the pool's
-        result thread dies on the broken share (CPython then raises "Cannot have cache with result_hander not
-        alive"). At most `ahead` steps, plus any a stage change dropped, are left to finish."""
+        """Let the workers finish what was asked of them, then stop them: a worker stopped while the trainer is
+        still unpickling its last result would take the result's shared tensors with it. At most `ahead` steps
+        are left to finish."""
         if self.pool is not None:
-            self.pool.close()
-            self.pool.join()
+            self.pool.shutdown(wait=True)
 
 
 def train_step(model, optimizers, batch, bf16: bool, auxiliary=None, device_type: str = "cpu") -> tuple[float, dict[str, float]]:

@@ -3,7 +3,11 @@ loads as an fp16 Qwen2-VL, a rerun resumes from the checkpoint instead of starti
 only sees the assistant's words."""
 import itertools
 import json
+import multiprocessing
+import os
 import shutil
+import signal
+import threading
 
 import pytest
 import torch
@@ -511,7 +515,35 @@ def test_steps_are_a_function_of_seed_stage_and_step_whoever_prepares_them():
     finally:
         feeder.close()
     # closing waits for the steps still being prepared (a worker stopped mid-hand-over breaks the pool's results)
-    assert feeder.pending and all(job.ready() for job in feeder.pending.values())
+    assert feeder.pending and all(job.done() for job in feeder.pending.values())
+
+
+def test_a_data_worker_that_dies_stops_the_run_with_a_clear_error():
+    """A --data-workers process killed mid-run (out of memory, say) fails the step it held: the trainer exits
+    with a one-line error instead of waiting forever for a batch that will never come."""
+    args = train_synthvlm.parse_args(TINY + ["--out", "unused", "--batch-size", "6"])
+    _, processor = train_synthvlm.build_fresh_model(args)
+    before = set(multiprocessing.active_children())
+    feeder = train_synthvlm.StepFeeder(args, processor, workers=1, ahead=2)
+    outcome = {}
+
+    def fetch():
+        try:
+            feeder.get(1, 0)  # the worker is up
+            for worker in set(multiprocessing.active_children()) - before:
+                os.kill(worker.pid, signal.SIGKILL)
+            for step in range(1, 6):  # a step prepared before the kill may still arrive; a later one cannot
+                feeder.get(1, step)
+        except BaseException as e:  # the SystemExit is the outcome under test
+            outcome["error"] = e
+
+    thread = threading.Thread(target=fetch, daemon=True)
+    thread.start()
+    thread.join(timeout=60)
+    assert not thread.is_alive(), "the trainer waits forever for a step a killed worker held"
+    feeder.close()  # not when hung: closing would wait for the lost step too
+    assert isinstance(outcome.get("error"), SystemExit)
+    assert "--data-workers process died" in str(outcome["error"]) and "resume" in str(outcome["error"])
 
 
 def test_a_run_can_start_from_an_exported_model(tmp_path):

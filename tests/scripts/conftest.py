@@ -8,6 +8,11 @@ BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 
 @pytest.fixture
+def benchmarks_dir() -> Path:
+    return BENCHMARKS
+
+
+@pytest.fixture
 def benchmark_module():
     """Import a module of benchmarks/ by name (they import each other as siblings, so benchmarks/ goes on the path
     while it loads)."""

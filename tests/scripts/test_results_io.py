@@ -2,9 +2,6 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
 
 # one "grid": stores its runs one by one, each time with only the runs it made itself (as Bench.record does)
 WRITER = """
@@ -19,9 +16,9 @@ for i in range(40):
 """
 
 
-def test_grids_writing_one_store_at_once_lose_no_run(tmp_path):
+def test_grids_writing_one_store_at_once_lose_no_run(tmp_path, benchmarks_dir):
     store = tmp_path / "quality.json"
-    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(BENCHMARKS), str(store), name])
+    writers = [subprocess.Popen([sys.executable, "-c", WRITER, str(benchmarks_dir), str(store), name])
                for name in ("a", "b", "c")]
     assert all(w.wait(timeout=120) == 0 for w in writers)
     runs = json.loads(store.read_text())["runs"]

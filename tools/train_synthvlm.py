@@ -53,7 +53,9 @@ facts from its pretraining text; the images then ask what their text means.
 Every --eval-every steps it logs the current stage's teacher-forced exact match on the validation set (what
 advancing a stage needs); every --report-every steps and at the end, per-kind exact match on the current and the
 final stage, and the same with every image replaced by an empty background (if the model ignored the image,
-blanking would not change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt.
+blanking would not change its accuracy). Logs go to OUT/log.jsonl; a checkpoint is kept at OUT/ckpt.pt, and the
+one taken as the final stage began at OUT/final-stage.pt: copied to another run's OUT/ckpt.pt, the same command with
+another --final-steps trains a different final stage without repeating what came before.
 """
 from __future__ import annotations
 
@@ -93,6 +95,7 @@ SIZES = tiny_vlm.SYNTHVLM_SIZES
 VALIDATION_SEED = 1  # train split, seed 1: disjoint from the training stream (seed 0) and from eval
 ARCH = tiny_vlm.SYNTHVLM_ARCH
 SPREAD_TOKENS = 512  # tokens per step whose residual vectors --spread-loss compares (a 512 x 512 Gram per layer)
+FINAL_STAGE_CKPT = "final-stage.pt"  # OUT/ckpt.pt as the final stage began: copy it to another OUT/ckpt.pt to branch
 
 
 # Named recipes: each sets the defaults below (explicit flags still win). "synthvlm" is the shipped 4-layer
@@ -1154,6 +1157,8 @@ def train(args) -> dict:
                       "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
                 next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
                 save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state, words)
+                if state["final_start"] == state["step"]:  # kept: another final stage branches from here
+                    shutil.copyfile(ckpt, out / FINAL_STAGE_CKPT)
     finally:
         feeder.close()
     timing = clock.record(state)

@@ -44,6 +44,21 @@ def test_curriculum_runs_every_stage_exports_and_resumes(tmp_path):
     assert torch.load(out / "ckpt.pt", weights_only=False)["step"] == steps
 
 
+def test_the_final_stages_start_is_kept_so_another_final_stage_can_branch_from_it(tmp_path):
+    out, branch = tmp_path / "run", tmp_path / "branch"
+    assert train_synthvlm.main(["--out", str(out), *TINY]) == 0
+    kept = torch.load(out / "final-stage.pt", weights_only=False)
+    finished = torch.load(out / "ckpt.pt", weights_only=False)
+    assert kept["stage"] == FINAL_STAGE and kept["step"] == kept["final_start"] == finished["final_start"]
+    assert finished["step"] == kept["step"] + 1  # TINY's --final-steps 1
+
+    branch.mkdir()
+    shutil.copyfile(out / "final-stage.pt", branch / "ckpt.pt")
+    assert train_synthvlm.main(["--out", str(branch), *TINY, "--final-steps", "3"]) == 0
+    assert torch.load(branch / "ckpt.pt", weights_only=False)["step"] == kept["step"] + 3
+    assert not (branch / "final-stage.pt").exists()  # it began in the final stage: nothing new to keep
+
+
 def test_deep_preset_sets_its_recipe_and_explicit_flags_win():
     deep = train_synthvlm.parse_args(["--preset", "deep"])
     assert (deep.world, deep.image_size, deep.layers, deep.out) == ("deep", 392, 8, "runs/deep")

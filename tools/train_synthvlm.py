@@ -1156,9 +1156,10 @@ def train(args) -> dict:
                 emit({"step": state["step"], "stage": state["stage"], **{k: round(v, 4) for k, v in running.items()},
                       "lr": optimizer.param_groups[0]["lr"], **clock.record(state), **report})
                 next_stage(state, report[f"stage{state['stage']}"]["accuracy"], args)
+                if state["final_start"] == state["step"]:  # kept: another final stage branches from here (written
+                    # before ckpt.pt, so a run killed in between redoes the step and writes it again)
+                    save_checkpoint(out / FINAL_STAGE_CKPT, model, optimizer, probes, probe_optimizer, state, words)
                 save_checkpoint(ckpt, model, optimizer, probes, probe_optimizer, state, words)
-                if state["final_start"] == state["step"]:  # kept: another final stage branches from here
-                    shutil.copyfile(ckpt, out / FINAL_STAGE_CKPT)
     finally:
         feeder.close()
     timing = clock.record(state)
